@@ -1,0 +1,43 @@
+# Fresh machine: `make demo` (set up + run) and `make test` (set up + tests). Python >= 3.10.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test setup setup-dev system-deps clean
+
+demo: setup
+	$(BIN)/edgeguard doctor
+
+test: setup-dev
+	$(BIN)/python -m pytest -q
+
+setup: $(VENV)/.runtime
+setup-dev: $(VENV)/.dev
+
+# libturbojpeg is a system library: install it when we are root with apt, else the opencv backend is used.
+system-deps:
+	@if ldconfig -p 2>/dev/null | grep -q libturbojpeg; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq libturbojpeg0 >/dev/null; \
+	else echo "note: libturbojpeg not found and cannot apt-get it; EdgeGuard will use its opencv JPEG backend"; fi
+
+$(VENV)/.runtime: pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	@# PyTurboJPEG 2.x needs libjpeg-turbo >= 3.0; on 2.x systems (Debian 12, Ubuntu 24.04, JetPack) use 1.x.
+	@$(BIN)/python -c "import turbojpeg; turbojpeg.TurboJPEG()" 2>/dev/null || \
+		$(BIN)/pip install -q "PyTurboJPEG>=1.7.2,<2"
+	touch $@
+
+# torch==2.13.0 first: it is the CPU build; a looser spec would fetch a multi-GB CUDA build.
+$(VENV)/.dev: $(VENV)/.runtime
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[train,dev]"
+	@# torchattacks (benchmarks' reference) declares torchvision, which it does not import here.
+	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
+	$(BIN)/pip install -q scipy tqdm requests
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache
