@@ -80,6 +80,137 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
         typer.echo(f"{key:>22}: {value}")
 
 
+@app.command()
+@friendly_errors
+def export(
+    run_dir: str = typer.Argument(..., help="Ensemble directory (ensemble.json), run directory (best.pt) or a .pt checkpoint."),
+    out: str = typer.Option(..., "--out", "-o", help="Bundle directory to write, e.g. export/gtsrb-shield."),
+    fused: bool = typer.Option(False, "--fused", help="Also write one graph holding all members (output member_logits [M,N,C])."),
+    in_graph_jpeg: bool = typer.Option(False, "--in-graph-jpeg", help="Put each member's JPEG step (DiffJPEG) inside its graph; not for SLQ members."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (variants are checked against fp32)."),
+    data: str | None = typer.Option(None, "--data", help="Dataset folder for validation/calibration images (default: the run's config.json)."),
+    limit: int = typer.Option(2000, "--limit", help="Validation images used for the checks and metrics."),
+    force: bool = typer.Option(False, "--force", help="Keep a fp16/int8 bundle even if clean accuracy drops more than --max-accuracy-drop."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out."),
+    name: str | None = typer.Option(None, "--name", help="Bundle name (default: the --out folder name)."),
+    description: str = typer.Option("", "--description", help="Free text stored in the manifest."),
+    vote: str = typer.Option("majority", "--vote", help="majority | soft."),
+    defense: str | None = typer.Option(None, "--defense", help="per-member | slq | none (default: per-member when members are JPEG-vaccinated)."),
+    max_accuracy_drop: float = typer.Option(1.0, "--max-accuracy-drop", help="Largest clean-accuracy drop (percentage points) a variant may have."),
+    exporter: str = typer.Option("auto", "--exporter", help="auto (dynamo, TorchScript fallback) | dynamo | torchscript."),
+    calibration: int = typer.Option(256, "--calibration", help="Training images used to calibrate int8."),
+) -> None:
+    """Export a vaccinated ensemble (or one checkpoint) to a verified ONNX bundle the runtime loads.
+
+    Checks parity with PyTorch at every export and records accuracy, gray-box FGSM robustness,
+    exporter and versions in manifest.json.
+
+    Example: edgeguard export runs/shield --out export/gtsrb-shield --data data/gtsrb --fused
+    """
+    from pathlib import Path
+
+    from edge_guard.training.export import ExportOptions, export_bundle
+
+    result = export_bundle(run_dir, ExportOptions(
+        out=Path(out), name=name, description=description, fused=fused, in_graph_jpeg=in_graph_jpeg,
+        precision=precision, data=Path(data) if data else None, limit=limit, force=force, overwrite=overwrite,
+        vote=vote, defense=defense, max_accuracy_drop=max_accuracy_drop, exporter=exporter, calibration=calibration))
+    metrics = result.manifest["metrics"]
+    for note in result.notes:
+        typer.echo(note)
+    if "accuracy" in metrics:
+        fgsm = metrics.get("fgsm", {}).get("accuracy")
+        typer.echo(f"clean accuracy {100 * metrics['accuracy']:.2f}% on {metrics['n']} validation images"
+                   + (f", gray-box FGSM (eps 8/255) accuracy {100 * fgsm:.2f}%" if fgsm is not None else ""))
+    else:
+        typer.echo("no validation data: only random-input parity was checked (pass --data to measure accuracy)")
+    typer.echo(f"wrote {result.path} ({len(result.manifest['members'])} members, {precision}"
+               + (", fused" if result.manifest.get("fused") else "") + (", in-graph JPEG" if in_graph_jpeg else "") + ")")
+
+
+@app.command()
+@friendly_errors
+def train(
+    data: str = typer.Option(..., "--data", help="Dataset folder: GTSRB (official or Kaggle), CIFAR-10 python, or class folders."),
+    model: str = typer.Option("compact_cnn", "--model", help="compact_cnn | resnet_small."),
+    epochs: int = typer.Option(15, "--epochs", help="Training epochs."),
+    out: str = typer.Option("runs/base", "--out", "-o", help="Run folder (best.pt, last.pt, config.json, metrics.json, train.log)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the split, shuffling, augmentation and init."),
+    limit: int | None = typer.Option(None, "--limit", help="Use a seeded random subset of N images (quick runs)."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per step."),
+    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (one-cycle schedule)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of GTSRB tracks held out for validation."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Small affine + brightness/contrast jitter (no flips)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
+) -> None:
+    """Train a base classifier and measure its accuracy on clean, JPEG-compressed and SLQ validation images.
+
+    Example: edgeguard train --data data/gtsrb --model compact_cnn --epochs 15 --out runs/base
+    """
+    from edge_guard.training.data import load_dataset
+    from edge_guard.training.train import TrainConfig
+    from edge_guard.training.train import train as train_model
+
+    config = TrainConfig(data=data, model=model, epochs=epochs, out_dir=out, resume=resume, seed=seed, limit=limit,
+                         batch_size=batch_size, lr=lr, val_fraction=val_fraction, num_threads=threads,
+                         augment=augment, skip_bad=skip_bad)
+    dataset = load_dataset(data, "train", config.size, skip_bad=skip_bad, limit=limit, seed=seed, cache_dir=cache_dir)
+    typer.echo(dataset.report.summary())
+    result = train_model(config, dataset, echo=typer.echo)
+    m = result.metrics
+    typer.echo(f"val accuracy {100 * m['clean']:.2f}% clean, "
+               + ", ".join(f"q{q} {100 * a:.1f}%" for q, a in m["jpeg"].items()) + f", SLQ {100 * m['slq']:.2f}%")
+    typer.echo(f"wrote {result.best_checkpoint}, {result.out_dir / 'metrics.json'}")
+
+
+@app.command()
+@friendly_errors
+def vaccinate(
+    base: str = typer.Option(..., "--base", help="Base checkpoint, e.g. runs/base/best.pt."),
+    qualities: str = typer.Option("20,40,60,80", "--qualities", help="One JPEG-vaccinated member per quality."),
+    slq: bool = typer.Option(True, "--slq/--no-slq", help="Also train a member on SLQ (random per-block quality)."),
+    data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the base run's)."),
+    epochs: int = typer.Option(3, "--epochs", help="Fine-tuning epochs per member."),
+    out: str = typer.Option("runs/ensemble", "--out", "-o", help="Ensemble folder (ensemble.json, one run folder per member)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Fine-tuning learning rate (cosine decay)."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
+    subsampling: str = typer.Option("420", "--subsampling", help="JPEG chroma subsampling, as at runtime: 420 | 422 | 444."),
+    backend: str = typer.Option("auto", "--backend", help="JPEG backend, as at runtime: auto | turbojpeg | opencv."),
+    resume: bool = typer.Option(False, "--resume", help="Continue interrupted member runs from their last.pt."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
+) -> None:
+    """Fine-tune JPEG-vaccinated members (one per quality, plus SLQ) from a base checkpoint; report the ensemble.
+
+    Example: edgeguard vaccinate --base runs/base/best.pt --qualities 20,40,60,80 --data data/gtsrb --epochs 3 --out runs/ensemble
+    """
+    from edge_guard.training.checkpoint import read_checkpoint
+    from edge_guard.training.data import load_dataset
+    from edge_guard.training.vaccinate import vaccinate as vaccinate_members
+
+    run = read_checkpoint(base)["run_config"]
+    folder = data or run.get("data")
+    if not folder:
+        from edge_guard.errors import ConfigError
+
+        raise ConfigError("the base checkpoint records no dataset folder: pass --data PATH.")
+    dataset = load_dataset(folder, "train", int(run.get("size", 32)), skip_bad=bool(run.get("skip_bad")),
+                           limit=run.get("limit"), seed=int(run.get("seed", 0)), cache_dir=cache_dir)
+    typer.echo(dataset.report.summary())
+    result = vaccinate_members(
+        base, data=folder, dataset=dataset, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
+        epochs=epochs, lr=lr, num_threads=threads, subsampling=subsampling, backend=backend, out_dir=out,
+        resume=resume, echo=typer.echo)
+    m = result.metrics
+    for name, member in m["members"].items():
+        typer.echo(f"  {name:>4}: {100 * member['val_accuracy']:.2f}% on {member['preprocessing']}")
+    typer.echo(f"ensemble majority vote: {100 * m['ensemble']['per_member']:.2f}% (per-member JPEG), "
+               f"{100 * m['ensemble']['slq']:.2f}% (SLQ)")
+    typer.echo(f"wrote {result.ensemble_json}, {result.out_dir / 'metrics.json'}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edge_guard import jpeg
+from edge_guard.cli import app
+from edge_guard.errors import ConfigError
+from edge_guard.training.data import Dataset, split_by_track
+from edge_guard.training.models import load_checkpoint
+from edge_guard.training.train import TrainConfig, TrainResult, accuracy, train
+from edge_guard.training.vaccinate import VaccinateResult, _transform, majority_vote, vaccinate
+from tests.training.synthetic import make_dataset, write_gtsrb
+
+torch.set_num_threads(1)
+Q = 10  # low quality: JPEG visibly changes the 32x32 shapes, so vaccination has something to fix
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return make_dataset(n_per_class=40, seed=0)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory, data: Dataset) -> TrainResult:
+    out = tmp_path_factory.mktemp("vacc") / "base"
+    cfg = TrainConfig(epochs=6, batch_size=8, lr=3e-3, augment=False, num_threads=1, out_dir=str(out),
+                      eval_qualities=(Q, 50), slq_qualities=(20, 40, 60, 80))
+    return train(cfg, data, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ensemble(base: TrainResult, data: Dataset) -> VaccinateResult:
+    return vaccinate(base.best_checkpoint, dataset=data, qualities=(Q,), slq=True, epochs=3, lr=1e-3,
+                     num_threads=1, out_dir=base.out_dir.parent / "ens", progress=False)
+
+
+def test_vaccinated_member_beats_base_on_jpeg_inputs(base: TrainResult, ensemble: VaccinateResult,
+                                                     data: Dataset, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    test = make_dataset(n_per_class=100, seed=99)  # held out: 400 images never seen in training
+    compressed = jpeg.roundtrip(test.images, Q)
+    base_model, _ = load_checkpoint(base.best_checkpoint)
+    member, _ = load_checkpoint(ensemble.members[f"q{Q}"].best_checkpoint)
+    base_acc, member_acc = accuracy(base_model, compressed, test.labels), accuracy(member, compressed, test.labels)
+    assert base_acc < accuracy(base_model, test.images, test.labels) - 0.1  # q10 hurts the clean-trained base
+    assert member_acc >= base_acc + 0.05, (member_acc, base_acc)  # seed 0: 0.78 vs 0.60
+    # control: the same fine-tuning without the JPEG step helps less (seed 0: 0.71)
+    monkeypatch.setattr("edge_guard.training.vaccinate._transform", lambda kind, q, cfg: lambda x, rng: x)
+    control = vaccinate(base.best_checkpoint, dataset=data, qualities=(Q,), slq=False, epochs=3, lr=1e-3,
+                        num_threads=1, out_dir=tmp_path / "control", progress=False)
+    control_model, _ = load_checkpoint(control.members[f"q{Q}"].best_checkpoint)
+    control_acc = accuracy(control_model, compressed, test.labels)
+    assert member_acc > control_acc, (member_acc, control_acc)
+    # the recorded metrics are the measured ones
+    _, val = split_by_track(data, 0.2, 0)
+    own = accuracy(member, jpeg.roundtrip(val.images, Q), val.labels)
+    assert ensemble.metrics["members"][f"q{Q}"]["val_accuracy"] == pytest.approx(own, abs=1e-4)
+
+
+def test_ensemble_folder_follows_the_contract(ensemble: VaccinateResult, base: TrainResult) -> None:
+    out = ensemble.out_dir
+    spec = json.loads((out / "ensemble.json").read_text())
+    codec = jpeg.codec_info()
+    assert spec["classes"] == ["circle", "square", "triangle", "cross"] and spec["input_size"] == [32, 32]
+    assert (spec["subsampling"], spec["backend"], spec["codec_version"]) == ("420", codec["backend"], codec["version"])
+    assert spec["slq_qualities"] == [20, 40, 60, 80] and spec["base"] == "base.pt" and (out / "base.pt").is_file()
+    assert spec["members"] == [
+        {"name": "q10", "checkpoint": "q10/best.pt", "vaccination": "jpeg", "quality": 10},
+        {"name": "slq", "checkpoint": "slq/best.pt", "vaccination": "slq", "quality": None},
+    ]
+    for member in spec["members"]:
+        for name in ("best.pt", "config.json", "metrics.json", "train.log"):
+            assert (out / member["name"] / name).is_file()
+        _, ckpt = load_checkpoint(out / member["checkpoint"])
+        vacc = ckpt["vaccination"]
+        assert (vacc["kind"], vacc["quality"], vacc["subsampling"]) == (member["vaccination"], member["quality"], "420")
+        assert vacc["qualities"] == ([10] if member["quality"] else [20, 40, 60, 80])
+    slq_metrics = json.loads((out / "slq" / "metrics.json").read_text())
+    assert slq_metrics["val_preprocessing"] == "slq" and set(slq_metrics["jpeg"]) == {"10", "50"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["members"]) == {"q10", "slq"} and metrics["ensemble"]["vote"] == "majority"
+    assert 0.5 < metrics["ensemble"]["per_member"] <= 1 and 0.5 < metrics["ensemble"]["slq"] <= 1
+
+
+def test_majority_vote_counts_votes_and_breaks_ties_by_probability() -> None:
+    a = np.array([[5.0, 0, 0], [0, 5.0, 0]])
+    b = np.array([[4.0, 0, 0], [0, 0, 1.0]])
+    c = np.array([[0, 9.0, 0], [0, 0, 9.0]])
+    # image 0: class 0 has 2 votes although class 1 has the single most confident vote
+    # image 1: one vote each for classes 1, 2, 2 -> class 2
+    assert majority_vote([a, b, c]).tolist() == [0, 2]
+    # a 1-1 tie goes to the class with the larger summed probability
+    assert majority_vote([np.array([[3.0, 0.0]]), np.array([[0.0, 1.0]])]).tolist() == [0]
+
+
+def test_training_transforms_use_the_runtime_codec() -> None:
+    cfg = TrainConfig()
+    x = make_dataset(n_per_class=2).images
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(_transform("jpeg", 30, cfg)(x, rng), jpeg.roundtrip(x, 30, subsampling="420"))
+    slq = _transform("slq", None, cfg)
+    first, second = slq(x, np.random.default_rng(5)), slq(x, np.random.default_rng(5))
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, jpeg.slq(x, (20, 40, 60, 80), rng=np.random.default_rng(5)))
+    assert not np.array_equal(first, slq(x, np.random.default_rng(6)))  # fresh draw per batch
+
+
+def test_dataset_must_match_the_base(base: TrainResult, tmp_path: Path) -> None:
+    other = make_dataset(n_per_class=10, n_classes=3)
+    with pytest.raises(ConfigError, match="classes"):
+        vaccinate(base.best_checkpoint, dataset=other, qualities=(50,), slq=False, out_dir=tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="at least one"):
+        vaccinate(base.best_checkpoint, dataset=other, qualities=(), slq=False, out_dir=tmp_path, progress=False)
+
+
+def test_cli_vaccinate(base: TrainResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEGUARD_CACHE_DIR", str(tmp_path / "cache"))
+    write_gtsrb(tmp_path / "g", n_classes=4, tracks=3, per_track=4)  # same class names as the base
+    out = tmp_path / "ens"
+    result = CliRunner().invoke(app, ["vaccinate", "--base", str(base.best_checkpoint), "--data", str(tmp_path / "g"),
+                                      "--qualities", "50", "--no-slq", "--epochs", "1", "--threads", "1",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "q50" in result.output and "ensemble majority vote" in result.output
+    assert [m["name"] for m in json.loads((out / "ensemble.json").read_text())["members"]] == ["q50"]
+    bad = CliRunner().invoke(app, ["vaccinate", "--base", str(tmp_path / "none.pt")])
+    assert bad.exit_code == 2 and "none.pt" in bad.output
