@@ -1,0 +1,23 @@
+"""Export a vaccinated ensemble (or one checkpoint) to a verified ONNX bundle.
+
+    from edge_guard.training.export import ExportOptions, export_bundle
+    result = export_bundle("runs/shield", ExportOptions(out=Path("export/gtsrb-shield"), data=Path("data/gtsrb")))
+
+Modules, one concept each:
+    source      what is exported: ensemble.json / best.pt -> torch members (RunSource)
+    evaldata    the run's held-out validation images and int8 calibration images
+    onnx_io     torch -> ONNX (pinned opset, dynamo with TorchScript fallback) and parity checks
+    in_graph    DiffJPEG exported as a graph and chained in front of a member
+    graph_ops   ONNX graph surgery: chain, fuse, topological sort, metadata_props
+    precision   fp16 and int8 variants
+    build       the bundle's graphs, each checked as it is made (members, fused, variants)
+    measure     what each member sees, accuracies through Guard, gray-box FGSM
+    writer      member files, sha256, manifest.json
+    pipeline    the options and the steps in order, with a progress bar
+"""
+
+from edge_guard.training.export.pipeline import DEFENSES, ExportOptions, ExportResult, export_bundle, export_run
+from edge_guard.training.export.source import MemberSource, RunSource, load_run
+
+__all__ = ["DEFENSES", "ExportOptions", "ExportResult", "MemberSource", "RunSource", "export_bundle", "export_run",
+           "load_run"]
