@@ -40,12 +40,32 @@ def environment_report() -> dict[str, Any]:
         report["libjpeg_turbo"] = info["version"]
     except EdgeGuardError as exc:
         report["jpeg_backend"] = f"none ({exc})"
-    try:
-        from edge_guard.bundle import default_bundle_path, load_bundle
-
-        bundle = load_bundle(default_bundle_path())
-        report["default_bundle"] = f"{bundle.name} ({len(bundle.members)} members, verified)"
-    except (EdgeGuardError, ImportError) as exc:
-        report["default_bundle"] = f"unavailable ({exc})"
+    report.update(_self_check())
     report["torch (train extra)"] = _version("torch")
     return report
+
+
+def _self_check() -> dict[str, Any]:
+    """Load the shipped bundle (hashes verified) and classify one synthetic image through it."""
+    import time
+
+    import numpy as np
+
+    from edge_guard.errors import EdgeGuardError
+    from edge_guard.guard import Guard
+
+    try:
+        guard = Guard.from_bundle()
+        image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        guard.classify(image)  # first call pays one-time allocation costs
+        start = time.perf_counter()
+        pred = guard.classify(image)[0]
+        ms = (time.perf_counter() - start) * 1000
+    except EdgeGuardError as exc:
+        return {"default_bundle": f"unavailable ({exc})"}
+    bundle = guard.bundle
+    return {
+        "default_bundle": f"{bundle.name}: {len(bundle.members)} members, defense {bundle.defense.kind}, hashes verified",
+        "self_check": f"classified a test image in {ms:.1f} ms on {guard.engine.active_providers[0]} "
+                      f"(-> {pred.class_name!r}, votes {list(pred.votes)})",
+    }
