@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 
 from edge_guard import jpeg
+from edge_guard.engine import softmax
+from edge_guard.engine import vote as engine_vote
 from edge_guard.errors import ConfigError, expected_got
 from edge_guard.training.checkpoint import make_vaccination
 from edge_guard.training.data import Dataset, load_dataset, split_by_track
@@ -145,16 +147,9 @@ def ensemble_spec(base: dict[str, Any], codec: dict[str, Any], cfg: TrainConfig,
 
 
 def majority_vote(logits: Sequence[np.ndarray]) -> np.ndarray:
-    """Class per image by majority vote of the members' argmax; ties go to the tied class with the
-    highest summed softmax probability. logits: M arrays (N, C). Returns int64 (N,)."""
-    stack = np.stack([np.asarray(lg, dtype=np.float64) for lg in logits])  # (M, N, C)
-    m, n, c = stack.shape
-    votes = np.zeros((n, c))
-    np.add.at(votes, (np.arange(n)[None, :].repeat(m, 0), stack.argmax(2)), 1.0)
-    probs = np.exp(stack - stack.max(2, keepdims=True))
-    probs = (probs / probs.sum(2, keepdims=True)).sum(0)  # (N, C), in [0, M]
-    # votes dominate (integers); probabilities (< 1 after / (m + 1)) only break ties
-    return (votes + probs / (m + 1)).argmax(1).astype(np.int64)
+    """Class per image by the runtime's majority vote (edge_guard.engine). logits: M arrays (N, C).
+    Returns int64 (N,)."""
+    return engine_vote(softmax(np.stack([np.asarray(lg, dtype=np.float32) for lg in logits])), "majority")[0]
 
 
 def ensemble_metrics(members: dict[str, TrainResult], specs: list[tuple[str, str, int | None]], base_model: Any,

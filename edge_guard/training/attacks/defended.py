@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from edge_guard import jpeg
+from edge_guard.engine import softmax
+from edge_guard.engine import vote as engine_vote
 from edge_guard.errors import InputError, expected_got
 from edge_guard.training.attacks.bpda import BPDAJPEG, BPDASLQ
 from edge_guard.training.attacks.eot import EOT
@@ -92,17 +94,10 @@ class DefendedModel(nn.Module):
 
 
 def vote(member_logits: Tensor, rule: str = "soft") -> Tensor:
-    """Combine (M, N, K) member logits into (N,) class ids by "soft" or "majority" vote.
-
-    Majority ties go to the tied class with the highest mean softmax (mean probabilities are < 1,
-    so adding half of them never overturns a difference of one vote).
-    """
-    probs = member_logits.softmax(dim=-1).mean(dim=0)  # (N, K)
-    if rule == "soft":
-        return probs.argmax(dim=1)
-    k = member_logits.shape[-1]
-    counts = nn.functional.one_hot(member_logits.argmax(dim=-1), k).sum(dim=0).to(probs.dtype)  # (N, K)
-    return (counts + 0.5 * probs).argmax(dim=1)
+    """Combine (M, N, K) member logits into (N,) int64 class ids with the runtime's vote rule
+    ("soft" or "majority", edge_guard.engine.vote), so evaluation decides exactly as a bundle does."""
+    probs = softmax(member_logits.detach().float().cpu().numpy())
+    return torch.from_numpy(engine_vote(probs, rule)[0]).to(member_logits.device)
 
 
 def make_defense(kind: str, *, quality: int | None = None, qualities: Sequence[int] = jpeg.DEFAULT_SLQ_QUALITIES,
