@@ -57,7 +57,10 @@ def versions() -> dict[str, str]:
 
 def command_line(argv: Sequence[str] | None = None) -> str:
     """The command that made the bundle: sys.argv, shell-quoted."""
-    return shlex.join(list(sys.argv if argv is None else argv))
+    args = list(sys.argv if argv is None else argv)
+    if args and args[0].endswith("edgeguard"):  # the console script's absolute venv path says nothing
+        args[0] = "edgeguard"
+    return shlex.join(args)
 
 
 def save_graph(model: onnx.ModelProto, path: Path, props: Mapping[str, object]) -> str:
