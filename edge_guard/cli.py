@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
+import typer.core
 
 from edge_guard.errors import EdgeGuardError
 
@@ -53,6 +55,26 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def command_line(ctx: typer.Context) -> str:
+    """The running command rebuilt from its parsed parameters (defaults left out), for provenance.
+
+    Rebuilt rather than read from sys.argv so it is exact however the app was invoked (console
+    script, `python -m`, or a test runner), and carries no absolute path of the console script.
+    """
+    parts = ["edgeguard", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default:
+            continue
+        if isinstance(param, typer.core.TyperArgument):
+            parts.append(str(value))
+        elif getattr(param, "is_flag", False) and isinstance(value, bool):
+            parts.extend((param.opts if value else param.secondary_opts)[:1])
+        else:
+            parts += [param.opts[0], str(value)]
+    return shlex.join(parts)
+
+
 def parse_int_list(text: str, what: str) -> list[int]:
     """Parse '20,40,60' into [20, 40, 60]; ConfigError naming `what` otherwise."""
     from edge_guard.errors import ConfigError, expected_got
@@ -83,6 +105,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
 @app.command()
 @friendly_errors
 def export(
+    ctx: typer.Context,
     run_dir: str = typer.Argument(..., help="Ensemble directory (ensemble.json), run directory (best.pt) or a .pt checkpoint."),
     out: str = typer.Option(..., "--out", "-o", help="Bundle directory to write, e.g. export/gtsrb-shield."),
     fused: bool = typer.Option(False, "--fused", help="Also write one graph holding all members (output member_logits [M,N,C])."),
@@ -114,7 +137,8 @@ def export(
     result = export_bundle(run_dir, ExportOptions(
         out=Path(out), name=name, description=description, fused=fused, in_graph_jpeg=in_graph_jpeg,
         precision=precision, data=Path(data) if data else None, limit=limit, force=force, overwrite=overwrite,
-        vote=vote, defense=defense, max_accuracy_drop=max_accuracy_drop, exporter=exporter, calibration=calibration))
+        vote=vote, defense=defense, max_accuracy_drop=max_accuracy_drop, exporter=exporter, calibration=calibration,
+        command=command_line(ctx)))
     metrics = result.manifest["metrics"]
     for note in result.notes:
         typer.echo(note)
@@ -209,6 +233,57 @@ def vaccinate(
     typer.echo(f"ensemble majority vote: {100 * m['ensemble']['per_member']:.2f}% (per-member JPEG), "
                f"{100 * m['ensemble']['slq']:.2f}% (SLQ)")
     typer.echo(f"wrote {result.ensemble_json}, {result.out_dir / 'metrics.json'}")
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    models: str = typer.Option(..., "--models", help="Ensemble folder from edgeguard vaccinate (ensemble.json with base and members)."),
+    data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the run's); its held-out track-wise validation split is used."),
+    attacks: str = typer.Option("fgsm,pgd,deepfool,cw", "--attacks", help="Gray-box attacks: fgsm, pgd, deepfool, cw."),
+    eps: str = typer.Option("2,4,8", "--eps", help="FGSM/PGD budgets in 1/255 units (DeepFool/CW have none)."),
+    qualities: str = typer.Option("10,20,30,40,50,60,70,80,90,100", "--qualities", help="JPEG qualities for base+JPEG."),
+    limit: int = typer.Option(500, "--limit", help="Validation images (seeded random subset)."),
+    out: str = typer.Option("runs/evaluation", "--out", "-o", help="Report folder (results.json/.csv, report.md, plots)."),
+    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Also attack every defended system end to end (BPDA, EOT)."),
+    adaptive_attacks: str = typer.Option("fgsm,pgd", "--adaptive-attacks", help="Attacks run adaptively."),
+    adaptive_qualities: str | None = typer.Option(None, "--adaptive-qualities", help="base+JPEG qualities attacked adaptively and shown in the tables (default: the members')."),
+    adaptive_limit: int | None = typer.Option(None, "--adaptive-limit", help="Adaptive attacks on the first N evaluation images (default: all)."),
+    eot_samples: int = typer.Option(8, "--eot-samples", help="SLQ draws averaged per gradient (EOT)."),
+    bpda_backward: str = typer.Option("diffjpeg", "--bpda-backward", help="BPDA backward pass: diffjpeg | identity."),
+    pgd_steps: int = typer.Option(10, "--pgd-steps", help="PGD iterations (step 2.5 eps / steps)."),
+    cw_steps: int = typer.Option(100, "--cw-steps", help="CW Adam steps per binary-search step."),
+    cw_search_steps: int = typer.Option(5, "--cw-search-steps", help="CW binary-search steps over c."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Images per attack batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed for PGD starts and SLQ draws."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
+    backend: str = typer.Option("auto", "--backend", help="JPEG backend of the defense: auto | turbojpeg | opencv."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an evaluation in --out, skipping finished cells."),
+) -> None:
+    """Attack the base, base+JPEG, the vaccinated ensemble and the SLQ ensemble, gray-box and adaptive; write a report.
+
+    Example: edgeguard evaluate --models runs/shield --data data/gtsrb --attacks fgsm,pgd,deepfool,cw --eps 2,4,8 --limit 500 --out benchmarks/gtsrb-robustness
+    """
+    from edge_guard.training.evaluate import EvalConfig
+    from edge_guard.training.evaluate import evaluate as run_evaluation
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+
+    config = EvalConfig(
+        attacks=names(attacks), eps=tuple(parse_int_list(eps, "--eps")),
+        qualities=tuple(parse_int_list(qualities, "--qualities")), limit=limit, adaptive=adaptive,
+        adaptive_attacks=names(adaptive_attacks),
+        adaptive_qualities=tuple(parse_int_list(adaptive_qualities, "--adaptive-qualities")) if adaptive_qualities else None,
+        adaptive_limit=adaptive_limit, eot_samples=eot_samples, bpda_backward=bpda_backward, pgd_steps=pgd_steps,
+        cw_steps=cw_steps, cw_search_steps=cw_search_steps, batch_size=batch_size, seed=seed, threads=threads,
+        backend=backend)
+    result = run_evaluation(models, out, config, data=data, resume=resume, echo=typer.echo)
+    for name, t in result.results["target"].items():
+        if isinstance(t, dict) and t.get("measured"):
+            typer.echo(f"gray-box {name}: ensemble {100 * t['ensemble_success']:.1f}% vs base "
+                       f"{100 * t['base_success']:.1f}% misclassification success ({'holds' if t['holds'] else 'misses'} the 1/3 target)")
+    typer.echo(f"wrote {result.out_dir / 'report.md'} ({len(result.results['cells'])} cells, {result.results['elapsed_s']:.0f} s)")
 
 
 def main() -> None:  # pragma: no cover - console entry point

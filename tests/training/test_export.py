@@ -393,7 +393,8 @@ def test_cli_exports_an_ensemble_directory_and_a_single_run(world, tmp_path):
     bundle = load_bundle(out)
     assert [m.name for m in bundle.members] == ["q40", "q80"] and bundle.vote == "soft" and bundle.fused is not None
     assert bundle.metrics["validation"]["from"] == "run config.json" and bundle.metrics["validation"]["n"] == 20
-    assert "export" in bundle.provenance.command
+    assert bundle.provenance.command.startswith("edgeguard export ")
+    assert "--fused" in bundle.provenance.command and "--vote soft" in bundle.provenance.command
     assert bundle.defense.codec.version == codec["version"]
 
     # a single run directory (best.pt) -> a 1-member bundle, data given explicitly

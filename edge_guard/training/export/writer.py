@@ -57,10 +57,7 @@ def versions() -> dict[str, str]:
 
 def command_line(argv: Sequence[str] | None = None) -> str:
     """The command that made the bundle: sys.argv, shell-quoted."""
-    args = list(sys.argv if argv is None else argv)
-    if args and args[0].endswith("edgeguard"):  # the console script's absolute venv path says nothing
-        args[0] = "edgeguard"
-    return shlex.join(args)
+    return shlex.join(list(sys.argv if argv is None else argv))
 
 
 def save_graph(model: onnx.ModelProto, path: Path, props: Mapping[str, object]) -> str:

@@ -1,0 +1,483 @@
+"""edgeguard evaluate: attack the base model and the JPEG defenses, gray-box and adaptive white-box.
+
+Defended systems (each a torch module whose `predict` is the deployed decision rule):
+  base           the undefended base model
+  base_8bit      the base fed the input rounded to 8 bits (separates plain quantization from JPEG)
+  base+jpegQ     the base behind the real codec (`edge_guard.jpeg.roundtrip`) at quality Q
+  ensemble       the vaccinated ensemble: each member behind its own preprocessing (JPEG at its
+                 quality, SLQ for an SLQ-vaccinated member), majority vote
+  slq_ensemble   one SLQ draw (`edge_guard.jpeg.slq`'s definition) shared by all members, majority vote (SHIELD)
+
+Threat models:
+  gray-box  (Das et al. 2017) adversarial images are crafted on the UNDEFENDED base model once per
+            (attack, eps) and then classified by every system; the attacker does not know the defense.
+  adaptive  (Athalye et al. 2018) the attacker attacks each system end to end: BPDA through the real
+            codec (backward: identity or DiffJPEG), the soft-vote surrogate for ensembles, and EOT
+            over SLQ's randomness (only the random parts are averaged: the SLQ member of the
+            vaccinated ensemble, the whole SLQ ensemble).
+
+Adversarial images stay float32 in [0, 1] (not rounded to 8 bits), so sub-grey-level perturbations
+of the minimum-norm attacks survive unless a system quantizes; `base_8bit` shows what rounding alone does.
+FGSM/PGD run once per eps (in 1/255 units); DeepFool and CW are minimum-norm attacks and run once.
+
+Every finished (threat, attack, eps, system) cell is appended to OUT/cells.jsonl as it completes;
+`resume=True` skips those. The end writes results.json, results.csv, report.md and plots (report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from edge_guard import jpeg
+from edge_guard.errors import ConfigError, expected_got
+from edge_guard.training.attacks import (
+    EOT,
+    DefendedModel,
+    attack_metrics,
+    bpda,
+    create_attack,
+    jpeg_defended,
+    list_attacks,
+    make_defense,
+    perturbation_norms,
+    predict,
+    slq_defended,
+)
+from edge_guard.training.export.evaldata import load_eval_data
+from edge_guard.training.export.source import RunSource, load_run
+from edge_guard.training.report import cell_key, issue_target, versions, write_report
+
+EPS_ATTACKS = ("fgsm", "pgd")  # Linf budget: one cell per eps
+MIN_NORM_ATTACKS = ("deepfool", "cw")  # minimum-norm: no eps, run once
+CELLS_FILE = "cells.jsonl"
+STATE_FILE = "evaluate_state.json"
+# settings that change the numbers: a resumed run must match them
+FINGERPRINT = ("models", "data", "limit", "adaptive_limit", "seed", "batch_size", "pgd_steps", "cw_steps",
+               "cw_search_steps", "bpda_backward", "eot_samples", "backend")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `evaluate` runs. eps levels are in 1/255 units (8 -> 8/255)."""
+
+    attacks: tuple[str, ...] = ("fgsm", "pgd", "deepfool", "cw")
+    eps: tuple[int, ...] = (2, 4, 8)
+    qualities: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
+    limit: int = 500  # validation images (a seeded random subset of the held-out split)
+    adaptive: bool = True
+    adaptive_attacks: tuple[str, ...] = ("fgsm", "pgd")
+    adaptive_qualities: tuple[int, ...] | None = None  # None: the members' JPEG qualities
+    adaptive_limit: int | None = None  # adaptive cells on the first N evaluation images (None: all)
+    eot_samples: int = 8  # SLQ draws averaged per gradient (EOT)
+    bpda_backward: str = "diffjpeg"  # "identity" | "diffjpeg"
+    pgd_steps: int = 10  # step size alpha = 2.5 * eps / steps (Madry et al. 2018)
+    cw_steps: int = 100
+    cw_search_steps: int = 5
+    batch_size: int = 128
+    seed: int = 0
+    threads: int = 2  # torch CPU threads (0: leave torch's default)
+    backend: str = "auto"  # JPEG backend of the defense
+
+    def __post_init__(self) -> None:
+        for what, names in (("--attacks", self.attacks), ("--adaptive-attacks", self.adaptive_attacks)):
+            bad = [a for a in names if a not in list_attacks()]
+            if bad or (what == "--attacks" and not names):
+                raise ConfigError(expected_got(what, f"names from {', '.join(list_attacks())}", list(names)))
+        if any(not 1 <= e <= 255 for e in self.eps) or ("fgsm" in self.attacks or "pgd" in self.attacks) \
+                and not self.eps:
+            raise ConfigError(expected_got("--eps", "levels 1..255 in 1/255 units, e.g. 2,4,8", list(self.eps)))
+        for what, qs in (("--qualities", self.qualities), ("--adaptive-qualities", self.adaptive_qualities or ())):
+            if any(not 1 <= q <= 100 for q in qs):
+                raise ConfigError(expected_got(what, "JPEG qualities 1..100", list(qs)))
+        for what, value in (("--limit", self.limit), ("--eot-samples", self.eot_samples),
+                            ("--batch-size", self.batch_size), ("--pgd-steps", self.pgd_steps),
+                            ("--cw-steps", self.cw_steps), ("--cw-search-steps", self.cw_search_steps),
+                            ("--adaptive-limit", self.adaptive_limit or 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(expected_got(what, "a positive integer", repr(value)))
+        if self.bpda_backward not in ("identity", "diffjpeg"):
+            raise ConfigError(expected_got("--bpda-backward", "'identity' or 'diffjpeg'", repr(self.bpda_backward)))
+        jpeg.resolve_backend(self.backend)  # CodecError if unavailable
+
+
+@dataclass(frozen=True)
+class System:
+    """One classifier-with-defense column of the report."""
+
+    name: str  # "base", "base_8bit", "base+jpeg40", "ensemble", "slq_ensemble"
+    label: str  # table header
+    kind: str  # "none" | "8bit" | "jpeg" | "ensemble" | "slq"
+    quality: int | None = None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    out_dir: Path
+    results: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry point
+
+
+def evaluate(models: str | Path | RunSource, out_dir: str | Path, config: EvalConfig = EvalConfig(), *,
+             data: str | Path | None = None, resume: bool = False, progress: bool = True,
+             echo: Callable[[str], None] | None = None) -> EvalResult:
+    """Run every pending cell of `config` on the ensemble at `models`; write the report to `out_dir`.
+
+    models: an ensemble folder (ensemble.json with a base) or a loaded RunSource. data: the dataset
+    folder (default: the one in the run's config); the evaluation images are the run's held-out,
+    track-wise validation split, capped at config.limit (export/evaldata.py).
+    """
+    t0 = time.perf_counter()
+    say = echo or (lambda _msg: None)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    run = models if isinstance(models, RunSource) else load_run(models)
+    _base(run)
+    evaldata = load_eval_data(run, data, limit=config.limit, calibration=0)
+    if not evaldata.available:
+        raise ConfigError(expected_got("evaluation data", "a dataset folder", "none", "Pass --data PATH."))
+    x = torch.from_numpy(np.ascontiguousarray(evaldata.images.transpose(0, 3, 1, 2))).float() / 255
+    y = torch.from_numpy(np.asarray(evaldata.labels, dtype=np.int64))
+    out = Path(out_dir)
+    store = CellStore(out, _fingerprint(models, evaldata.info, config), resume)
+    systems = system_list(run, config)
+    ctx = _Context(run, config, store, x, y)
+    jobs = plan_jobs(config, systems, adaptive_systems(systems, config, run))
+    pending = [job for job in jobs if not all(store.done(key) for key in job.keys)]
+    say(f"evaluating {len(systems)} systems on {len(y)} images: {len(pending)} of {len(jobs)} attack jobs to run")
+    with _progress(progress) as bar:
+        task = bar.add_task("clean accuracy", total=sum(job.batches(ctx) for job in pending) + len(systems))
+        for s in systems:
+            ctx.clean_cell(s)
+            bar.advance(task)
+        for job in pending:
+            bar.update(task, description=job.title)
+            job.run(ctx, lambda: bar.advance(task))
+    results = collect(store, run, config, systems, evaldata.info, models, time.perf_counter() - t0)
+    files = write_report(out, results)
+    say(f"wrote {', '.join(str(p) for p in files.values())}")
+    return EvalResult(out, results, files)
+
+
+# ---------------------------------------------------------------------------------------------
+# systems
+
+
+def system_list(run: RunSource, config: EvalConfig) -> list[System]:
+    """Every column: base, base 8-bit, base+JPEG at each quality (and adaptive quality), the two ensembles."""
+    qualities = sorted(set(config.qualities) | set(table_qualities(run, config)))
+    return ([System("base", "base (no defense)", "none"), System("base_8bit", "base, 8-bit input", "8bit")]
+            + [System(f"base+jpeg{q}", f"base+JPEG q{q}", "jpeg", q) for q in qualities]
+            + [System("ensemble", "vaccinated ensemble", "ensemble"), System("slq_ensemble", "SLQ ensemble", "slq")])
+
+
+def table_qualities(run: RunSource, config: EvalConfig) -> tuple[int, ...]:
+    """The base+JPEG qualities shown in the tables and attacked adaptively: --adaptive-qualities,
+    else the members' JPEG qualities, else 50."""
+    if config.adaptive_qualities:
+        return tuple(sorted(set(config.adaptive_qualities)))
+    member_qs = sorted({m.quality for m in run.members if m.vaccination == "jpeg" and m.quality is not None})
+    return tuple(member_qs) or (50,)
+
+
+def adaptive_systems(systems: Sequence[System], config: EvalConfig, run: RunSource) -> list[System]:
+    """Systems attacked end to end: all but the base+JPEG qualities outside the table qualities."""
+    keep = set(table_qualities(run, config))
+    return [s for s in systems if s.kind != "jpeg" or s.quality in keep]
+
+
+def _base(run: RunSource) -> nn.Module:
+    if run.base is None:
+        raise ConfigError(expected_got("models", "an ensemble folder whose ensemble.json names a base model",
+                                       "no base", "The gray-box attacks are crafted on the undefended base."))
+    return run.base
+
+
+class Quantize8(nn.Module):
+    """Round float32 (N, 3, H, W) in [0, 1] to the 8-bit grid; identity gradient (BPDA)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return bpda(x, lambda t: (t.clamp(0, 1) * 255).round() / 255)
+
+
+def build_system(system: System, run: RunSource, config: EvalConfig, seed: int, *, attack: bool) -> nn.Module:
+    """The torch module for `system`. attack=True: the attacker's target (BPDA gradients, EOT over SLQ
+    draws); attack=False: the deployed system (one SLQ draw per call). SLQ draws are seeded with `seed`."""
+    base = _base(run)
+    rng = np.random.default_rng(seed)
+    opts = {"subsampling": run.subsampling, "backend": config.backend,
+            "backward": config.bpda_backward if attack else "identity"}
+    if system.kind == "none":
+        return base
+    if system.kind == "8bit":
+        return DefendedModel(base, Quantize8())
+    if system.kind == "jpeg":
+        return jpeg_defended(base, int(system.quality or 0), **opts)
+    members = [m.model for m in run.members]
+    if system.kind == "slq":
+        return slq_defended(members, run.slq_qualities, eot_samples=config.eot_samples if attack else 1,
+                            vote="majority", rng=rng, **opts)
+    targets: list[nn.Module] = []
+    defenses: list[nn.Module | None] = []
+    for m in run.members:
+        defense = make_defense(m.vaccination, quality=m.quality, qualities=run.slq_qualities, rng=rng, **opts)
+        if attack and m.vaccination == "slq" and config.eot_samples > 1:  # EOT over the random member only
+            targets.append(EOT(DefendedModel(m.model, defense), config.eot_samples))
+            defenses.append(None)
+        else:
+            targets.append(m.model)
+            defenses.append(defense)
+    return DefendedModel(targets, defenses, vote="majority")
+
+
+# ---------------------------------------------------------------------------------------------
+# cells and jobs
+
+
+def cell_seed(seed: int, *parts: object) -> int:
+    """A stable per-cell seed (PGD random start, SLQ draws), independent of the order cells run in."""
+    return (seed * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % 2**31
+
+
+class CellStore:
+    """Finished cells, one JSON object per line in OUT/cells.jsonl, appended as each completes."""
+
+    def __init__(self, out: Path, fingerprint: dict[str, Any], resume: bool) -> None:
+        self.path, self.cells = out / CELLS_FILE, {}
+        state = out / STATE_FILE
+        if self.path.exists() and self.path.stat().st_size and not resume:
+            raise ConfigError(expected_got(f"--out {out}", "a folder without earlier results", f"{self.path}",
+                                           "Pass --resume to continue that evaluation, or another --out."))
+        if resume and state.is_file():
+            old = json.loads(state.read_text())
+            diff = {k: (old.get(k), v) for k, v in fingerprint.items() if old.get(k) != v}
+            if diff:
+                raise ConfigError(expected_got("--resume settings", "the ones the earlier run used",
+                                               f"changes {diff}", "Use another --out for new settings."))
+        if resume and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    try:
+                        cell = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by an interruption: recompute that cell
+                        continue
+                    self.cells[cell["key"]] = cell
+        out.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps(fingerprint, indent=2) + "\n")
+
+    def done(self, key: str) -> bool:
+        return key in self.cells
+
+    def add(self, cell: dict[str, Any]) -> None:
+        self.cells[cell["key"]] = cell
+        with self.path.open("a") as f:
+            f.write(json.dumps(cell, allow_nan=False) + "\n")
+
+
+class _Context:
+    """What jobs share: the run, config, store, images, and the clean predictions of each system."""
+
+    def __init__(self, run: RunSource, config: EvalConfig, store: CellStore, x: Tensor, y: Tensor) -> None:
+        self.run, self.config, self.store, self.x, self.y = run, config, store, x, y
+        self.base = _base(run)
+        self.n_adaptive = min(len(y), config.adaptive_limit or len(y))
+        self._clean: dict[str, Tensor] = {}
+
+    def predict(self, system: System, images: Tensor, seed: int) -> Tensor:
+        model = build_system(system, self.run, self.config, seed, attack=False)
+        bs = self.config.batch_size
+        return torch.cat([predict(model, images[i:i + bs]) for i in range(0, len(images), bs)])
+
+    def clean_pred(self, system: System) -> Tensor:
+        if system.name not in self._clean:
+            self._clean[system.name] = self.predict(system, self.x, cell_seed(self.config.seed, "clean", system.name))
+        return self._clean[system.name]
+
+    def clean_cell(self, system: System) -> None:
+        key = cell_key("clean", "none", None, system.name)
+        if self.store.done(key):
+            return
+        correct = self.clean_pred(system) == self.y
+        self.store.add({"key": key, "threat": "clean", "attack": "none", "eps": None, "system": system.name,
+                        "quality": system.quality, "n": len(self.y), "n_correct": int(correct.sum()),
+                        "accuracy": float(correct.float().mean())})
+
+    def score(self, threat: str, attack: str, eps: int | None, system: System, adv: Tensor, seconds: float,
+              crafted_on: str, params: dict[str, Any]) -> None:
+        """Classify `adv` (the first len(adv) images) with `system` and store the cell."""
+        t0 = time.perf_counter()
+        n = len(adv)
+        x, y = self.x[:n], self.y[:n]
+        adv_pred = self.predict(system, adv, cell_seed(self.config.seed, threat, attack, eps, system.name))
+        m = attack_metrics(y, self.clean_pred(system)[:n], adv_pred, x, adv).to_dict()
+        l2, linf = perturbation_norms(x, adv)
+        self.store.add({
+            "key": cell_key(threat, attack, eps, system.name), "threat": threat, "attack": attack, "eps": eps,
+            "system": system.name, "quality": system.quality, "n": m["n"], "n_correct": m["n_correct"],
+            "n_flipped": m["n_flipped"], "clean_accuracy": m["clean_accuracy"], "accuracy": m["adv_accuracy"],
+            "success_rate": m["success_rate"], "l2_mean": m["l2_mean"], "l2_median": m["l2_median"],
+            "linf_mean": m["linf_mean"], "linf_median": m["linf_median"],
+            "l2_all_mean": float(l2.mean()), "l2_all_median": float(l2.median()),
+            "linf_all_mean": float(linf.mean()), "linf_all_median": float(linf.median()),
+            "attack_seconds": round(seconds, 3), "eval_seconds": round(time.perf_counter() - t0, 3),
+            "crafted_on": crafted_on, "attack_params": params,
+        })
+
+
+def attack_kwargs(name: str, eps: int | None, config: EvalConfig, seed: int) -> dict[str, Any]:
+    """Hyperparameters for create_attack: eps in [0, 1] units for FGSM/PGD, the CW budget, a seeded PGD start."""
+    if name == "fgsm":
+        return {"eps": eps / 255}
+    if name == "pgd":
+        e = eps / 255
+        return {"eps": e, "alpha": 2.5 * e / config.pgd_steps, "steps": config.pgd_steps, "random_start": True,
+                "generator": torch.Generator().manual_seed(seed)}
+    if name == "cw":
+        return {"steps": config.cw_steps, "binary_search_steps": config.cw_search_steps}
+    return {}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One attack run: gray-box (crafted on the base, scored on `systems`) or adaptive (on systems[0])."""
+
+    threat: str
+    attack: str
+    eps: int | None
+    systems: tuple[System, ...]
+
+    @property
+    def keys(self) -> list[str]:
+        return [cell_key(self.threat, self.attack, self.eps, s.name) for s in self.systems]
+
+    @property
+    def title(self) -> str:
+        eps = f" eps {self.eps}/255" if self.eps is not None else ""
+        on = "on base" if self.threat == "graybox" else f"vs {self.systems[0].name}"
+        return f"{self.threat} {self.attack}{eps} {on}"
+
+    def _batch_size(self, ctx: _Context) -> int:
+        """Images per attack batch: EOT repeats each image eot_samples times, so random targets take
+        batch_size // eot_samples images to keep each step at about batch_size member inputs."""
+        if self.threat == "adaptive" and is_random(self.systems[0], ctx.run):
+            return max(1, ctx.config.batch_size // ctx.config.eot_samples)
+        return ctx.config.batch_size
+
+    def _n(self, ctx: _Context) -> int:
+        return len(ctx.y) if self.threat == "graybox" else ctx.n_adaptive
+
+    def batches(self, ctx: _Context) -> int:
+        return -(-self._n(ctx) // self._batch_size(ctx))
+
+    def run(self, ctx: _Context, tick: Callable[[], None]) -> None:
+        seed = cell_seed(ctx.config.seed, self.threat, self.attack, self.eps, self.systems[0].name)
+        # gray-box: the undefended base; adaptive: the system end to end (BPDA, soft vote, EOT)
+        target = ctx.base if self.threat == "graybox" else build_system(self.systems[0], ctx.run, ctx.config, seed,
+                                                                        attack=True)
+        bs, n = self._batch_size(ctx), self._n(ctx)
+        kwargs = attack_kwargs(self.attack, self.eps, ctx.config, seed)
+        t0, parts, params = time.perf_counter(), [], {}
+        x, y = ctx.x[:n], ctx.y[:n]
+        for i in range(0, n, bs):
+            attack = create_attack(self.attack, target, **kwargs)
+            params = attack.hyperparameters()
+            parts.append(attack(x[i:i + bs], y[i:i + bs]))
+            tick()
+        seconds = time.perf_counter() - t0
+        adv = torch.cat(parts)
+        crafted_on = "base" if self.threat == "graybox" else self.systems[0].name
+        params = {k: v for k, v in params.items() if isinstance(v, (int, float, bool, str))}
+        for system in self.systems:
+            if not ctx.store.done(cell_key(self.threat, self.attack, self.eps, system.name)):
+                ctx.score(self.threat, self.attack, self.eps, system, adv, seconds, crafted_on, params)
+
+
+def is_random(system: System, run: RunSource) -> bool:
+    """Whether the system draws SLQ block choices (so the adaptive attack needs EOT)."""
+    return system.kind == "slq" or (system.kind == "ensemble" and any(m.vaccination == "slq" for m in run.members))
+
+
+def plan_jobs(config: EvalConfig, systems: Sequence[System], adaptive: Sequence[System]) -> list[Job]:
+    """Gray-box: one job per (attack, eps) scored on every system. Adaptive: one job per (attack, eps, system)."""
+    def levels(attack: str) -> list[int | None]:
+        return list(config.eps) if attack in EPS_ATTACKS else [None]
+
+    jobs = [Job("graybox", a, e, tuple(systems)) for a in config.attacks for e in levels(a)]
+    if config.adaptive:
+        jobs += [Job("adaptive", a, e, (s,)) for a in config.adaptive_attacks for e in levels(a) for s in adaptive]
+    return jobs
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A rich progress bar, or a do-nothing stand-in."""
+    if not enabled:
+        class _Null:
+            def add_task(self, *a: Any, **k: Any) -> int:
+                return 0
+
+            def advance(self, *a: Any, **k: Any) -> None: ...
+
+            def update(self, *a: Any, **k: Any) -> None: ...
+
+        yield _Null()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn()) as bar:
+        yield bar
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+def _fingerprint(models: str | Path | RunSource, info: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
+    values = {**asdict(config), "models": str(models) if not isinstance(models, RunSource) else "in-memory",
+              "data": info.get("source")}
+    return {k: values[k] for k in FINGERPRINT}
+
+
+def collect(store: CellStore, run: RunSource, config: EvalConfig, systems: Sequence[System], info: dict[str, Any],
+            models: str | Path | RunSource, elapsed: float) -> dict[str, Any]:
+    """results.json contents: the cells this config asks for (in job order), config, data, versions."""
+    adaptive = adaptive_systems(systems, config, run)
+    keys = [cell_key("clean", "none", None, s.name) for s in systems]
+    keys += [k for job in plan_jobs(config, systems, adaptive) for k in job.keys]
+    cells = [store.cells[k] for k in keys if k in store.cells]
+    lookup = {c["key"]: c for c in cells}
+    return {
+        "config": {**asdict(config), "models": str(models) if not isinstance(models, RunSource) else "in-memory",
+                   "table_qualities": list(table_qualities(run, config)),
+                   "vote": "majority", "adaptive_surrogate": "log mean softmax over members (soft vote)",
+                   "subsampling": run.subsampling, "slq_qualities": list(run.slq_qualities),
+                   "vaccinating_codec": run.codec},
+        "data": {**info, "classes": len(run.classes), "input_size": list(run.input_size),
+                 "n_adaptive": min(info.get("n", 0), config.adaptive_limit or info.get("n", 0))},
+        "members": [{"name": m.name, "vaccination": m.vaccination, "quality": m.quality} for m in run.members],
+        "systems": [asdict(s) for s in systems],
+        "adaptive_systems": [s.name for s in adaptive] if config.adaptive else [],
+        "cells": cells,
+        "target": issue_target(lookup),
+        "versions": versions(),
+        "elapsed_s": round(elapsed, 1),
+        "cell_seconds_total": round(sum(c.get("eval_seconds", 0) for c in cells)
+                                    + sum({(c["threat"], c["attack"], c["eps"], c["crafted_on"]): c["attack_seconds"]
+                                           for c in cells if "attack_seconds" in c}.values()), 1),
+    }
