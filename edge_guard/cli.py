@@ -286,6 +286,96 @@ def evaluate(
     typer.echo(f"wrote {result.out_dir / 'report.md'} ({len(result.results['cells'])} cells, {result.results['elapsed_s']:.0f} s)")
 
 
+@app.command()
+@friendly_errors
+def infer(
+    paths: list[str] = typer.Argument(..., help="Image files (jpg, jpeg, png, ppm, bmp, webp) or folders of them."),
+    bundle: str | None = typer.Option(None, "--bundle", help="Bundle directory (default: the shipped export/gtsrb-shield)."),
+    roi: list[str] = typer.Option([], "--roi", help="Box x1,y1,x2,y2 in pixels (x2, y2 exclusive) classified in every image; repeatable. Default: the whole image."),
+    providers: str = typer.Option("cpu", "--providers", help="Ordered execution providers, e.g. tensorrt,cuda,cpu."),
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for SLQ's random block choice."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Also read images in subfolders."),
+    output: str | None = typer.Option(None, "--output", "-o", help="Write the JSON lines to this file instead of stdout."),
+) -> None:
+    """Classify images (whole, or each --roi box) and print one JSON line per prediction.
+
+    Unreadable files are skipped with a warning; a summary line goes to stderr.
+
+    Example: edgeguard infer photos/ stop.png --roi 10,20,74,84 --output predictions.jsonl
+    """
+    from pathlib import Path
+
+    from edge_guard.frames import parse_roi
+    from edge_guard.guard import Guard
+    from edge_guard.infer import InferStats, classify_files
+
+    boxes = [parse_roi(text) for text in roi]
+    guard = Guard.from_bundle(bundle, providers=[p for p in providers.split(",") if p.strip()], threads=threads,
+                              seed=seed)
+    stats = InferStats()
+    records = classify_files(guard, paths, rois=boxes, recursive=recursive, stats=stats)
+    sink = Path(output).open("w", encoding="utf-8") if output else None
+    try:
+        for record in records:
+            typer.echo(json.dumps(record), file=sink)
+    finally:
+        if sink is not None:
+            sink.close()
+    typer.echo(f"{stats.summary()} ({guard.bundle.name}, {guard.engine.active_providers[0]})"
+               + (f", wrote {output}" if output else ""), err=True)
+
+
+@app.command()
+@friendly_errors
+def bench(
+    bundle: str | None = typer.Option(None, "--bundle", help="Bundle directory (default: the shipped export/gtsrb-shield)."),
+    batch: str = typer.Option("1,8,32", "--batch", help="Comma-separated batch sizes (images per classify call)."),
+    iterations: int = typer.Option(50, "--iterations", help="Timed calls per batch size and variant."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed calls before them."),
+    providers: str = typer.Option("cpu", "--providers", help="Ordered execution providers, e.g. tensorrt,cuda,cpu."),
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
+    size: int = typer.Option(64, "--size", help="Side in pixels of the synthetic frames (resized to the model input)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the synthetic frames and SLQ."),
+    json_out: str | None = typer.Option(None, "--json", help="Also write the full report to this JSON file."),
+) -> None:
+    """Measure per-stage latency (p50/p90 ms) and images/s of the pipeline; fused graph vs per-member sessions.
+
+    Example: edgeguard bench --batch 1,8 --iterations 30 --json bench.json
+    """
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge_guard.bench import BenchConfig, run_bench
+    from edge_guard.guard import STAGES
+
+    config = BenchConfig(batches=tuple(parse_int_list(batch, "--batch")), iterations=iterations, warmup=warmup,
+                         size=size, providers=tuple(p for p in providers.split(",") if p.strip()), threads=threads,
+                         seed=seed)
+    report = run_bench(bundle, config)
+    table = Table(title=f"{report['bundle']} on {report['providers'][0]}: p50 ms per call (p90 of total; all in --json)")
+    short = {"preprocess": "prep", "inference": "infer"}
+    for column in ("variant", "batch", *(short.get(s, s) for s in STAGES), "p90", "img/s"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for variant, by_batch in report["results"].items():
+        for b, r in by_batch.items():
+            cells = [f"{r['stages'][s]['p50']:.2f}" for s in STAGES] + [f"{r['stages']['total']['p90']:.2f}"]
+            table.add_row(variant, b, *cells, f"{r['images_per_s']:.0f}")
+    console = Console()
+    console.print(table)
+    ratios = report["ratios"]
+    for b in report["results"][report["variants"][0]]:
+        parts = [f"defense {100 * ratios['defense_share'][v][b]:.0f}% of total ({v})" for v in report["variants"]]
+        if "fused_over_members" in ratios:
+            parts.insert(0, f"fused/members total {ratios['fused_over_members'][b]:.2f}x")
+        console.print(f"batch {b}: " + ", ".join(parts))
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {json_out}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

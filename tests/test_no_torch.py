@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import edge_guard
 import edge_guard.guard
+import edge_guard.frames, edge_guard.infer, edge_guard.bench, edge_guard.cli
 from edge_guard import Guard
 from tests.onnx_fixtures import defense_dict, make_bundle, solid
 

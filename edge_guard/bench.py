@@ -1,0 +1,121 @@
+"""Per-stage latency of the Guard pipeline on synthetic frames.
+
+    report = run_bench(None, batches=(1, 8, 32), iterations=50)       # None: the shipped default bundle
+    report["results"]["fused"]["8"]["stages"]["total"]["p50"]          # ms per classify call of 8 frames
+    report["ratios"]["fused_over_members"]["8"]                        # fused / per-member sessions, p50 total
+
+Frames are seeded uniform-noise uint8 RGB, size x size; each `classify` call gets one batch and
+records `Prediction.timings_ms` (preprocess, defense, inference, vote, total, in ms). Noise is the
+worst case for the JPEG defense (nothing compresses), so `defense` is an upper bound for camera images.
+When the bundle has a fused graph, the fused graph and the per-member sessions are both measured,
+interleaved call by call, so load from other processes hits both alike and their ratio is fair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from edge_guard.errors import ConfigError, expected_got
+from edge_guard.guard import STAGES, Guard
+
+VARIANTS = {"fused": True, "members": False}  # variant name -> Guard.from_bundle(use_fused=...)
+_POOL = 4  # distinct synthetic batches per batch size, cycled through the iterations
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """batches: images per classify call; iterations: timed calls per batch size and variant;
+    warmup: untimed calls before them; size: synthetic frame side in pixels (each is resized to the
+    model input); providers/threads: as Guard.from_bundle; seed: frames and SLQ."""
+
+    batches: tuple[int, ...] = (1, 8, 32)
+    iterations: int = 50
+    warmup: int = 5
+    size: int = 64
+    providers: tuple[str, ...] = ("cpu",)
+    threads: int | None = None
+    seed: int = 0
+
+    def check(self) -> None:
+        for name, value, lo in (("iterations", self.iterations, 1), ("warmup", self.warmup, 0), ("size", self.size, 1)):
+            if value < lo:
+                raise ConfigError(expected_got(f"bench {name}", f"an integer >= {lo}", value))
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ConfigError(expected_got("bench batches", "one or more batch sizes >= 1", list(self.batches)))
+
+
+def stage_stats(timings: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """p50, p90 and mean in ms of every stage over a list of `timings_ms` dicts."""
+    out = {}
+    for stage in STAGES:
+        ms = np.asarray([t[stage] for t in timings], dtype=np.float64)
+        out[stage] = {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean())}
+    return out
+
+
+def _frames(rng: np.random.Generator, batch: int, size: int) -> list[np.ndarray]:
+    return [rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8) for _ in range(_POOL)]
+
+
+def run_bench(bundle: str | Path | None = None, config: BenchConfig = BenchConfig(), *,
+              progress: bool = True) -> dict[str, Any]:
+    """Measure every variant (fused and per-member sessions when a fused graph exists) at every batch size.
+
+    Returns a JSON-ready dict: bundle, config, providers, variants, results[variant][str(batch)] =
+    {"stages": {stage: {p50, p90, mean}}, "images_per_s"}, and ratios: fused_over_members[str(batch)]
+    (p50 total fused / p50 total members; only with a fused graph) and defense_share[variant][str(batch)]
+    (mean defense / mean total).
+    """
+    config.check()
+    guards = {"members": Guard.from_bundle(bundle, providers=list(config.providers), threads=config.threads,
+                                           use_fused=False, seed=config.seed)}
+    if guards["members"].bundle.fused is not None:
+        guards = {"fused": Guard.from_bundle(bundle, providers=list(config.providers), threads=config.threads,
+                                             use_fused=True, seed=config.seed), **guards}
+    rng = np.random.default_rng(config.seed)
+    results: dict[str, dict[str, Any]] = {name: {} for name in guards}
+    steps = len(config.batches) * len(guards) * (config.warmup + config.iterations)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not progress) as bar:
+        task = bar.add_task("bench", total=steps)
+        for batch in config.batches:
+            pool = _frames(rng, batch, config.size)
+            timings: dict[str, list[dict[str, float]]] = {name: [] for name in guards}
+            bar.update(task, description=f"batch {batch}")
+            for i in range(config.warmup + config.iterations):
+                for name, guard in guards.items():  # interleaved: both variants see the same load
+                    preds = guard.classify(pool[i % _POOL])
+                    if i >= config.warmup:
+                        timings[name].append(preds[0].timings_ms)
+                    bar.advance(task)
+            for name, ts in timings.items():
+                stats = stage_stats(ts)
+                results[name][str(batch)] = {"stages": stats, "images_per_s": 1000.0 * batch / stats["total"]["mean"]}
+    ratios: dict[str, Any] = {"defense_share": {
+        name: {b: r["stages"]["defense"]["mean"] / r["stages"]["total"]["mean"] for b, r in res.items()}
+        for name, res in results.items()}}
+    if "fused" in results:
+        ratios["fused_over_members"] = {
+            b: results["fused"][b]["stages"]["total"]["p50"] / results["members"][b]["stages"]["total"]["p50"]
+            for b in results["members"]}
+    first = next(iter(guards.values()))
+    d = first.bundle.defense
+    return {
+        "bundle": first.bundle.name,
+        "path": str(first.bundle.root),
+        "config": asdict(config),
+        "providers": list(first.engine.active_providers),
+        "defense": {"kind": d.kind, "per_member": d.per_member, "in_graph": d.in_graph, "backend": first.backend},
+        "members": len(first.bundle.members),
+        "input": [first.bundle.input.height, first.bundle.input.width],
+        "variants": list(guards),
+        "results": results,
+        "ratios": ratios,
+    }
