@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test setup setup-dev system-deps clean
 
+# The main job on built-in defaults: self-check, then the shipped bundle's per-stage latency.
 demo: setup
 	$(BIN)/edgeguard doctor
+	$(BIN)/edgeguard bench --batch 1,8 --iterations 20 --threads 1
 
 test: setup-dev
 	$(BIN)/python -m pytest -q
