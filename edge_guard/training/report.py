@@ -122,11 +122,19 @@ def table(results: dict[str, Any], threat: str) -> str:
             if c is None:
                 row.append("not run")
             elif attack == "none":
-                row.append(f"{_pct(c['accuracy'])} / -")
+                row.append(f"{_pct(clean_accuracy(results, threat, s['name'], c))} / -")
             else:
                 row.append(f"{_pct(c['accuracy'])} / {_pct(c['success_rate'])}")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def clean_accuracy(results: dict[str, Any], threat: str, system: str, clean: dict[str, Any]) -> float | None:
+    """Clean accuracy on the images the table's attacks ran on (adaptive: possibly the first n_adaptive)."""
+    if threat == "graybox" or results["data"]["n_adaptive"] == results["data"]["n"]:
+        return clean["accuracy"]
+    runs = [c for c in results["cells"] if c["threat"] == threat and c["system"] == system]
+    return runs[0]["clean_accuracy"] if runs else None
 
 
 def norms_table(results: dict[str, Any]) -> str:
@@ -203,7 +211,8 @@ def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
         "## Misclassification success vs JPEG quality (gray-box, base+JPEG; the seed's Figure 3)", "",
         *[f"![{p}]({p})" for p in plots], "",
         f"Versions: {', '.join(f'{k} {v}' for k, v in results['versions'].items())}. "
-        f"Elapsed: {results['elapsed_s']:.0f} s (this invocation).", "",
+        f"Time: {results['cell_seconds_total']:.0f} s of attacks and scoring over all cells; this invocation "
+        f"took {results['elapsed_s']:.0f} s (a --resume run only recomputes missing cells).", "",
     ]
     return "\n".join(text)
 
