@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,15 +65,25 @@ def train_synthetic(model_name: str, classes: int, size: int, steps: int, seed: 
     return model.eval()
 
 
-def load_real(ckpt: str, data: str, n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    from edge_guard.training.data import load_dataset
+def load_real(ckpt: str, data: str, n: int, split: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The checkpoint and n images of `split`: "test" (the dataset's test set) or "val" (the
+    training run's own held-out track-wise split, rebuilt from its run config)."""
+    from edge_guard.training.data import load_dataset, split_by_track
     from edge_guard.training.models import load_checkpoint
 
     model, meta = load_checkpoint(ckpt)
     h, w = meta.get("input_size", [32, 32])
-    ds = load_dataset(data, split="test", size=(h, w), limit=n, seed=0)
-    images = torch.from_numpy(ds.images).permute(0, 3, 1, 2).float() / 255
-    return model.eval(), images, torch.from_numpy(ds.labels).long()
+    if split == "val":
+        cfg = meta.get("run_config", {})
+        full = load_dataset(data, split="train", size=(h, w))
+        val = split_by_track(full, cfg.get("val_fraction", 0.2), cfg.get("seed", 0))[1]
+        pick = np.random.default_rng(0).permutation(len(val))[:n]  # seeded, all classes represented
+        images_u8, labels = val.images[pick], val.labels[pick]
+    else:
+        ds = load_dataset(data, split="test", size=(h, w), limit=n, seed=0)
+        images_u8, labels = ds.images, ds.labels
+    images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 255
+    return model.eval(), images, torch.from_numpy(labels).long()
 
 
 def timed(fn: Any, *args: Any) -> tuple[torch.Tensor, float]:
@@ -131,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", help="training checkpoint (.pt); default: train a model on synthetic data")
     p.add_argument("--data", help="dataset folder for --ckpt (its test split is attacked)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="with --ckpt: the dataset's test set, or the run's held-out validation tracks")
     p.add_argument("--n", type=int, default=256, help="images attacked (and timed) (default 256)")
     p.add_argument("--model", default="compact_cnn", help="registry model for synthetic runs")
     p.add_argument("--classes", type=int, default=43, help="classes of the synthetic data (GTSRB: 43)")
@@ -146,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ckpt:
         if not args.data:
             p.error("--ckpt needs --data")
-        model, x, y = load_real(args.ckpt, args.data, args.n)
-        source = {"ckpt": args.ckpt, "data": args.data}
+        model, x, y = load_real(args.ckpt, args.data, args.n, args.split)
+        source = {"ckpt": args.ckpt, "data": args.data, "split": args.split}
     else:
         model = train_synthetic(args.model, args.classes, args.size, args.train_steps, args.seed)
         x, y = synthetic(args.n, args.classes, args.size, args.seed + 1)
