@@ -56,7 +56,7 @@ from edge_guard.training.attacks import (
 )
 from edge_guard.training.export.evaldata import load_eval_data
 from edge_guard.training.export.source import RunSource, load_run
-from edge_guard.training.report import cell_key, issue_target, versions, write_report
+from edge_guard.training.report import cell_key, robustness_target, versions, write_report
 
 EPS_ATTACKS = ("fgsm", "pgd")  # Linf budget: one cell per eps
 MIN_NORM_ATTACKS = ("deepfool", "cw")  # minimum-norm: no eps, run once
@@ -474,7 +474,7 @@ def collect(store: CellStore, run: RunSource, config: EvalConfig, systems: Seque
         "systems": [asdict(s) for s in systems],
         "adaptive_systems": [s.name for s in adaptive] if config.adaptive else [],
         "cells": cells,
-        "target": issue_target(lookup),
+        "target": robustness_target(lookup),
         "versions": versions(),
         "elapsed_s": round(elapsed, 1),
         "cell_seconds_total": round(sum(c.get("eval_seconds", 0) for c in cells)

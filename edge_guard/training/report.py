@@ -1,7 +1,7 @@
 """The evaluation report: results.json, results.csv, report.md (the seed's Table 1 layout) and plots.
 
 Input is the dict `edge_guard.training.evaluate.collect` builds: config, data, systems, cells (one per
-(threat, attack, eps, system)), the issue target and versions. Rates are fractions in [0, 1] in the
+(threat, attack, eps, system)), the robustness target and versions. Rates are fractions in [0, 1] in the
 files and percentages in report.md; perturbation norms are in [0, 1] image units.
 """
 
@@ -65,8 +65,8 @@ def versions() -> dict[str, str]:
             "jpeg_backend": codec["backend"], "libjpeg_turbo": codec["version"]}
 
 
-def issue_target(cells: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The issue's target: gray-box FGSM eps 8/255 and DeepFool misclassification success of the
+def robustness_target(cells: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The robustness target: gray-box FGSM eps 8/255 and DeepFool misclassification success of the
     vaccinated ensemble at most a third of the undefended base's."""
     out: dict[str, Any] = {}
     for name, (attack, eps) in {"fgsm_eps8": ("fgsm", 8), "deepfool": ("deepfool", None)}.items():

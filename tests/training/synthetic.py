@@ -90,3 +90,18 @@ def write_cifar(root: Path, n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"cat", b"dog", b"ship"]}, protocol=2))
     return images, labels
+
+
+def tinted_squares(cls: int, n: int, rng: np.random.Generator, size: int = 16, tint: int = 110) -> np.ndarray:
+    """uint8 (n, size, size, 3) for 4 colour classes: a noisy background tinted red/green/blue (classes
+    0-2) or grey (3) by `tint` grey levels, with a random brighter 6x6 square. A faint tint (e.g. 30)
+    leaves room for eps 8/255 attacks to flip predictions."""
+    img = rng.integers(40, 100, (n, size, size, 3)).astype(np.int16)
+    if cls < 3:
+        img[..., cls] += tint
+    else:
+        img += tint // 2
+    for k in range(n):
+        y, x = rng.integers(0, size - 6, 2)
+        img[k, y:y + 6, x:x + 6] += 40
+    return np.clip(img + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)

@@ -24,10 +24,11 @@ from edge_guard.errors import ConfigError
 from edge_guard.training import evaluate as ev
 from edge_guard.training.attacks import EOT, BPDAJPEG, DefendedModel
 from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, save_checkpoint
-from edge_guard.training.evaluate import EvalConfig, evaluate, issue_target
+from edge_guard.training.evaluate import EvalConfig, evaluate, robustness_target
 from edge_guard.training.export.evaldata import load_eval_data
 from edge_guard.training.export.source import load_run
 from edge_guard.training.models import create_model, load_checkpoint
+from tests.training.synthetic import tinted_squares
 
 torch.set_num_threads(1)
 SIZE = 16
@@ -36,20 +37,6 @@ KWARGS = {"widths": [4, 8], "input_size": [SIZE, SIZE], "dropout": 0.0}
 SMALL = dict(attacks=("fgsm", "pgd", "deepfool", "cw"), eps=(4, 8), qualities=(30, 60, 90), limit=24,
              adaptive_attacks=("fgsm", "pgd"), eot_samples=2, pgd_steps=3, cw_steps=20, cw_search_steps=3,
              batch_size=16, threads=1)
-
-
-def _images(cls: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (n, 16, 16, 3): a faintly tinted noisy background with a brighter square (faint, so that
-    eps 8/255 flips some images)."""
-    img = rng.integers(40, 100, (n, SIZE, SIZE, 3)).astype(np.int16)
-    if cls < 3:
-        img[..., cls] += 30
-    else:
-        img += 15
-    for k in range(n):
-        y, x = rng.integers(0, SIZE - 6, 2)
-        img[k, y:y + 6, x:x + 6] += 40
-    return np.clip(img + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
 
 
 def _fit(x: np.ndarray, y: np.ndarray, seed: int, steps: int = 40) -> nn.Module:
@@ -75,7 +62,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     xs, ys = [], []
     for c, name in enumerate(CLASSES):
         (data / name).mkdir(parents=True)
-        imgs = _images(c, 24, rng)
+        imgs = tinted_squares(c, 24, rng, SIZE, tint=30)
         for i, im in enumerate(imgs):
             cv2.imwrite(str(data / name / f"{i:03d}.png"), im[..., ::-1])
         xs.append(imgs)
@@ -263,15 +250,15 @@ def test_adaptive_limit_and_minimum_norm_attacks_run_once(world, tmp_path) -> No
     assert res["data"]["n_adaptive"] == 8 and res["config"]["table_qualities"] == [60]
 
 
-def test_issue_target_rule() -> None:
+def test_robustness_target_rule() -> None:
     def cells(base: float, ens: float) -> dict:
         return {f"graybox|{a}|{e}|{s}": {"success_rate": r} for a, e in (("fgsm", 8), ("deepfool", "-"))
                 for s, r in (("base", base), ("ensemble", ens))}
 
-    assert issue_target(cells(0.9, 0.3))["holds"] is True  # exactly a third
-    t = issue_target(cells(0.9, 0.31))
+    assert robustness_target(cells(0.9, 0.3))["holds"] is True  # exactly a third
+    t = robustness_target(cells(0.9, 0.31))
     assert t["holds"] is False and t["fgsm_eps8"]["ratio"] == pytest.approx(0.31 / 0.9)
-    assert issue_target({})["holds"] is False and not issue_target({})["deepfool"]["measured"]
+    assert robustness_target({})["holds"] is False and not robustness_target({})["deepfool"]["measured"]
 
 
 def test_config_rejects_bad_options() -> None:

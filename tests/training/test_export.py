@@ -30,23 +30,11 @@ from edge_guard.training.export import ExportOptions, MemberSource, RunSource, e
 from edge_guard.training.export.in_graph import jpeg_graph
 from edge_guard.training.export.pipeline import resolve_defense
 from edge_guard.training.models import create_model
+from tests.training.synthetic import tinted_squares
 
 SIZE = 16
 CLASSES = ("a_red", "b_green", "c_blue", "d_gray")
 PER_CLASS = 30
-
-
-def _images(cls: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (n, 16, 16, 3): a tinted background with noise and a random bright square."""
-    img = rng.integers(40, 100, (n, SIZE, SIZE, 3)).astype(np.int16)
-    if cls < 3:
-        img[..., cls] += 110
-    else:
-        img += 60
-    for k in range(n):
-        y, x = rng.integers(0, SIZE - 6, 2)
-        img[k, y:y + 6, x:x + 6] += 40
-    return np.clip(img + rng.integers(-20, 21, img.shape), 0, 255).astype(np.uint8)
 
 
 def _tiny_net(seed: int) -> nn.Module:
@@ -79,7 +67,7 @@ def world(tmp_path_factory):
     xs, ys = [], []
     for c, name in enumerate(CLASSES):
         (data / name).mkdir(parents=True)
-        imgs = _images(c, PER_CLASS, rng)
+        imgs = tinted_squares(c, PER_CLASS, rng, SIZE, tint=110)
         for i, im in enumerate(imgs):
             cv2.imwrite(str(data / name / f"{i:03d}.png"), im[..., ::-1])
         xs.append(imgs)
