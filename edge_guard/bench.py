@@ -25,7 +25,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edge_guard.errors import ConfigError, expected_got
 from edge_guard.guard import STAGES, Guard
 
-VARIANTS = {"fused": True, "members": False}  # variant name -> Guard.from_bundle(use_fused=...)
 _POOL = 4  # distinct synthetic batches per batch size, cycled through the iterations
 
 

@@ -376,9 +376,5 @@ def bench(
         console.print(f"wrote {json_out}")
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

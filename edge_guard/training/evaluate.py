@@ -59,7 +59,6 @@ from edge_guard.training.export.source import RunSource, load_run
 from edge_guard.training.report import cell_key, robustness_target, versions, write_report
 
 EPS_ATTACKS = ("fgsm", "pgd")  # Linf budget: one cell per eps
-MIN_NORM_ATTACKS = ("deepfool", "cw")  # minimum-norm: no eps, run once
 CELLS_FILE = "cells.jsonl"
 STATE_FILE = "evaluate_state.json"
 # settings that change the numbers: a resumed run must match them
