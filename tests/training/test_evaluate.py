@@ -28,7 +28,7 @@ from edge_guard.training.evaluate import EvalConfig, evaluate, robustness_target
 from edge_guard.training.export.evaldata import load_eval_data
 from edge_guard.training.export.source import load_run
 from edge_guard.training.models import create_model, load_checkpoint
-from tests.training.synthetic import tinted_squares
+from tests.training.synthetic import fit_full_batch, tinted_squares
 
 torch.set_num_threads(1)
 SIZE = 16
@@ -41,14 +41,7 @@ SMALL = dict(attacks=("fgsm", "pgd", "deepfool", "cw"), eps=(4, 8), qualities=(3
 
 def _fit(x: np.ndarray, y: np.ndarray, seed: int, steps: int = 40) -> nn.Module:
     torch.manual_seed(seed)
-    model = create_model("compact_cnn", len(CLASSES), **KWARGS)
-    xt, yt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).float() / 255, torch.from_numpy(y)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    return model.eval()
+    return fit_full_batch(create_model("compact_cnn", len(CLASSES), **KWARGS), x, y, steps)
 
 
 @pytest.fixture(scope="module")

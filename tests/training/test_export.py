@@ -30,7 +30,7 @@ from edge_guard.training.export import ExportOptions, MemberSource, RunSource, e
 from edge_guard.training.export.in_graph import jpeg_graph
 from edge_guard.training.export.pipeline import resolve_defense
 from edge_guard.training.models import create_model
-from tests.training.synthetic import tinted_squares
+from tests.training.synthetic import fit_full_batch, tinted_squares
 
 SIZE = 16
 CLASSES = ("a_red", "b_green", "c_blue", "d_gray")
@@ -41,18 +41,6 @@ def _tiny_net(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, len(CLASSES)))
-
-
-def _train(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int = 40) -> nn.Module:
-    """A few full-batch Adam steps: enough for these colour classes."""
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).float() / 255
-    yt = torch.from_numpy(y)
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(steps):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(xt), yt).backward()
-        opt.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +62,10 @@ def world(tmp_path_factory):
         ys.append(np.full(PER_CLASS, c, np.int64))
     x, y = np.concatenate(xs), np.concatenate(ys)
     models = {
-        "base": _train(_tiny_net(0), x, y),
-        "q40": _train(_tiny_net(1), jpeg.roundtrip(x, 40), y),
-        "q80": _train(_tiny_net(2), jpeg.roundtrip(x, 80), y),
-        "slq": _train(_tiny_net(3), jpeg.slq(x, (40, 80), rng=0), y),
+        "base": fit_full_batch(_tiny_net(0), x, y),
+        "q40": fit_full_batch(_tiny_net(1), jpeg.roundtrip(x, 40), y),
+        "q80": fit_full_batch(_tiny_net(2), jpeg.roundtrip(x, 80), y),
+        "slq": fit_full_batch(_tiny_net(3), jpeg.slq(x, (40, 80), rng=0), y),
     }
     yield {"root": root, "data": data, "models": models, "x": x, "y": y}
     mp.undo()
