@@ -56,7 +56,8 @@ from edge_guard.training.attacks import (
 )
 from edge_guard.training.export.evaldata import load_eval_data
 from edge_guard.training.export.source import RunSource, load_run
-from edge_guard.training.report import cell_key, robustness_target, versions, write_report
+from edge_guard.training.provenance import versions
+from edge_guard.training.report import cell_key, robustness_target, write_report
 
 EPS_ATTACKS = ("fgsm", "pgd")  # Linf budget: one cell per eps
 CELLS_FILE = "cells.jsonl"
@@ -474,7 +475,7 @@ def collect(store: CellStore, run: RunSource, config: EvalConfig, systems: Seque
         "adaptive_systems": [s.name for s in adaptive] if config.adaptive else [],
         "cells": cells,
         "target": robustness_target(lookup),
-        "versions": versions(),
+        "versions": versions(("matplotlib",), with_platform=True),
         "elapsed_s": round(elapsed, 1),
         "cell_seconds_total": round(sum(c.get("eval_seconds", 0) for c in cells)
                                     + sum({(c["threat"], c["attack"], c["eps"], c["crafted_on"]): c["attack_seconds"]

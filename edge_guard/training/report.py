@@ -10,13 +10,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_guard import __version__, jpeg
 
 CSV_COLUMNS = ("threat", "attack", "eps", "system", "quality", "n", "n_correct", "n_flipped", "clean_accuracy",
                "accuracy", "success_rate", "l2_mean", "l2_median", "linf_mean", "linf_median", "l2_all_mean",
@@ -52,17 +49,6 @@ def write_csv(path: Path, cells: Sequence[dict[str, Any]]) -> None:
 def cell_key(threat: str, attack: str, eps: int | None, system: str) -> str:
     """The id of one result: "graybox|fgsm|8|ensemble", "clean|none|-|base" ("-": no eps)."""
     return f"{threat}|{attack}|{'-' if eps is None else eps}|{system}"
-
-
-def versions() -> dict[str, str]:
-    import matplotlib
-    import numpy as np
-    import torch
-
-    codec = jpeg.codec_info()
-    return {"edge_guard": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "torch": torch.__version__, "numpy": np.__version__, "matplotlib": matplotlib.__version__,
-            "jpeg_backend": codec["backend"], "libjpeg_turbo": codec["version"]}
 
 
 def robustness_target(cells: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -185,7 +171,7 @@ def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
         f"(val_fraction {data.get('val_fraction')}, seed {data.get('seed')}), {data['n']} images "
         f"(a seeded random subset of {data.get('n_val_total')}), {data['classes']} classes, "
         f"{data['input_size'][0]}x{data['input_size'][1]} px.",
-        f"JPEG: {results['versions']['jpeg_backend']} (libjpeg-turbo {results['versions']['libjpeg_turbo']}), "
+        f"JPEG: {results['versions']['jpeg_backend']} (libjpeg-turbo {results['versions']['libjpeg-turbo']}), "
         f"subsampling {cfg['subsampling']}; SLQ qualities {cfg['slq_qualities']}.",
         "", "Cells are **accuracy / misclassification success** in %. Misclassification success (Das et al. "
         "2017) = images the system classified correctly when clean and wrongly after the attack, divided by "

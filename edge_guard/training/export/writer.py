@@ -6,7 +6,6 @@ file's sha256, by `edge_guard.bundle.write_manifest` before it is written.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import shlex
 import sys
@@ -22,6 +21,7 @@ from edge_guard.bundle import FORMAT_VERSION, sha256_file, write_manifest
 from edge_guard.training.export.graph_ops import set_metadata
 from edge_guard.training.export.measure import Defense
 from edge_guard.training.export.source import RunSource
+from edge_guard.training.provenance import versions
 
 FUSED_NAME = "fused"
 
@@ -31,28 +31,6 @@ def defense_dict(defense: Defense, codec: Mapping[str, str]) -> dict[str, Any]:
     return {"kind": defense.kind, "qualities": list(defense.qualities), "per_member": defense.per_member,
             "subsampling": defense.subsampling, "codec": {"backend": codec["backend"], "version": codec["version"]},
             "in_graph": defense.in_graph}
-
-
-def versions() -> dict[str, str]:
-    """Versions of what made the bundle: python, torch, onnx, onnxruntime, numpy, edge_guard, libjpeg-turbo."""
-    out = {"python": sys.version.split()[0]}
-    for dist, key in (("torch", "torch"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
-                      ("onnxscript", "onnxscript"), ("numpy", "numpy"), ("edge-guard", "edge_guard")):
-        try:
-            out[key] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    if "edge_guard" not in out:  # running from a source tree that is not installed
-        from edge_guard import __version__
-
-        out["edge_guard"] = __version__
-    try:
-        info = jpeg.codec_info()
-        out["libjpeg-turbo"] = str(info["version"])
-        out["jpeg_backend"] = str(info["backend"])
-    except Exception as exc:  # no JPEG backend on this machine: say so rather than fail the export
-        out["libjpeg-turbo"] = f"unavailable ({type(exc).__name__})"
-    return out
 
 
 def command_line(argv: Sequence[str] | None = None) -> str:
