@@ -203,6 +203,8 @@ def vaccinate(
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
     subsampling: str = typer.Option("420", "--subsampling", help="JPEG chroma subsampling, as at runtime: 420 | 422 | 444."),
     backend: str = typer.Option("auto", "--backend", help="JPEG backend, as at runtime: auto | turbojpeg | opencv."),
+    adversarial_eps: int = typer.Option(0, "--adversarial-eps", help="Also train on FGSM images (random start) made against each member through its JPEG, budget in 1/255 units; 0: off."),
+    adversarial_fraction: float = typer.Option(0.5, "--adversarial-fraction", help="Share of each batch made adversarial (with --adversarial-eps)."),
     resume: bool = typer.Option(False, "--resume", help="Continue interrupted member runs from their last.pt."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
 ) -> None:
@@ -210,9 +212,13 @@ def vaccinate(
 
     Example: edgeguard vaccinate --base runs/base/best.pt --qualities 20,40,60,80 --data data/gtsrb --epochs 3 --out runs/ensemble
     """
+    from edge_guard.training.adversarial import AdversarialConfig
     from edge_guard.training.checkpoint import read_checkpoint
     from edge_guard.training.data import load_dataset
     from edge_guard.training.vaccinate import vaccinate as vaccinate_members
+
+    adversarial = (AdversarialConfig(eps=adversarial_eps / 255, fraction=adversarial_fraction)
+                   if adversarial_eps else None)
 
     run = read_checkpoint(base)["run_config"]
     folder = data or run.get("data")
@@ -225,8 +231,8 @@ def vaccinate(
     typer.echo(dataset.report.summary())
     result = vaccinate_members(
         base, data=folder, dataset=dataset, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
-        epochs=epochs, lr=lr, num_threads=threads, subsampling=subsampling, backend=backend, out_dir=out,
-        resume=resume, echo=typer.echo)
+        epochs=epochs, lr=lr, adversarial=adversarial, num_threads=threads, subsampling=subsampling,
+        backend=backend, out_dir=out, resume=resume, echo=typer.echo)
     m = result.metrics
     for name, member in m["members"].items():
         typer.echo(f"  {name:>4}: {100 * member['val_accuracy']:.2f}% on {member['preprocessing']}")

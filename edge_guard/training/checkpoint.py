@@ -7,7 +7,8 @@ Contract (keys always present):
     classes        [class name, ...] (index = class id)
     input_size     [H, W]
     vaccination    {"kind": "none"|"jpeg"|"slq", "quality": int|None, "qualities": [int]|None,
-                    "subsampling": "420", "backend": str, "codec_version": str}
+                    "subsampling": "420", "backend": str, "codec_version": str,
+                    "adversarial": None | AdversarialConfig.to_dict() (edge_guard.training.adversarial)}
     run_config     the resolved run configuration (dict)
     epoch          completed epochs
     optimizer      optimizer state_dict (last.pt), None in best.pt (inference / fine-tuning only)
@@ -33,13 +34,14 @@ VACCINATION_KINDS = ("none", "jpeg", "slq")
 
 
 def make_vaccination(kind: str, quality: int | None, qualities: list[int] | None, codec: dict[str, Any],
-                     subsampling: str = "420") -> dict[str, Any]:
-    """The checkpoint's "vaccination" entry; `codec` is edge_guard.jpeg.codec_info()."""
+                     subsampling: str = "420", adversarial: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint's "vaccination" entry; `codec` is edge_guard.jpeg.codec_info(), `adversarial` the
+    adversarial-vaccination record (None: plain vaccination)."""
     if kind not in VACCINATION_KINDS:
         raise ConfigError(expected_got("vaccination kind", VACCINATION_KINDS, repr(kind)))
     return {"kind": kind, "quality": quality, "qualities": list(qualities) if qualities is not None else None,
             "subsampling": subsampling, "backend": str(codec.get("backend", "")),
-            "codec_version": str(codec.get("version", ""))}
+            "codec_version": str(codec.get("version", "")), "adversarial": adversarial}
 
 
 def build_checkpoint(model: nn.Module, *, model_name: str, model_kwargs: dict[str, Any], classes: list[str],

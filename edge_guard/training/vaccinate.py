@@ -40,6 +40,7 @@ from edge_guard import jpeg
 from edge_guard.engine import softmax
 from edge_guard.engine import vote as engine_vote
 from edge_guard.errors import ConfigError, expected_got
+from edge_guard.training.adversarial import AdversarialConfig, adversarial_transform
 from edge_guard.training.checkpoint import make_vaccination
 from edge_guard.training.data import Dataset, load_dataset, split_by_track
 from edge_guard.training.models import load_checkpoint
@@ -74,6 +75,7 @@ def vaccinate(
     batch_size: int | None = None,
     lr: float = 1e-3,
     augment: bool | None = None,
+    adversarial: AdversarialConfig | None = None,
     num_threads: int = 2,
     device: str = "cpu",
     subsampling: str = "420",
@@ -87,7 +89,8 @@ def vaccinate(
 
     data: dataset folder (default: the one the base was trained on); dataset: an already loaded
     Dataset instead. Members train `epochs` epochs with a cosine schedule from `lr` (fine-tuning).
-    batch_size/augment default to the base run's. Returns a VaccinateResult (see module docstring).
+    batch_size/augment default to the base run's. adversarial: also train on adversarial images made
+    against each member through its own defense (see edge_guard.training.adversarial). Returns a VaccinateResult (see module docstring).
     """
     qualities = sorted({int(q) for q in qualities})
     if not qualities and not slq:
@@ -106,7 +109,8 @@ def vaccinate(
     out.mkdir(parents=True, exist_ok=True)
     say = echo or (lambda _msg: None)
     say(f"vaccinating {base_ckpt} ({base['model_name']}): members "
-        + ", ".join([f"q{q}" for q in qualities] + (["slq"] if slq else [])) + f"; {epochs} epochs each")
+        + ", ".join([f"q{q}" for q in qualities] + (["slq"] if slq else [])) + f"; {epochs} epochs each"
+        + (f"; adversarial {adversarial.to_dict()}" if adversarial else ""))
 
     views = robustness_views(val_set.images, cfg)
     for q in qualities:  # member qualities outside the evaluation grid
@@ -117,16 +121,18 @@ def vaccinate(
     for name, kind, q in specs:
         t0 = time.perf_counter()
         member_cfg = dataclasses.replace(cfg, out_dir=str(out / name))
-        vacc = make_vaccination(kind, q, [q] if q is not None else list(cfg.slq_qualities), codec, subsampling)
+        vacc = make_vaccination(kind, q, [q] if q is not None else list(cfg.slq_qualities), codec, subsampling,
+                                adversarial.to_dict() if adversarial else None)
+        model = copy.deepcopy(base_model)
         members[name] = fit(
-            copy.deepcopy(base_model), train_set, val_set, member_cfg, model_kwargs=base["model_kwargs"],
+            model, train_set, val_set, member_cfg, model_kwargs=base["model_kwargs"],
             vaccination=vacc, val_view=f"jpeg_{q}" if q is not None else "slq", views=views,
-            train_transform=_transform(kind, q, cfg), progress=progress, echo=echo)
+            train_transform=_transform(kind, q, cfg, model, adversarial), progress=progress, echo=echo)
         say(f"member {name}: val acc {members[name].metrics['val_accuracy']:.4f} on its own preprocessing "
             f"({time.perf_counter() - t0:.0f} s)")
 
     shutil.copy2(base_ckpt, out / "base.pt")
-    (out / "ensemble.json").write_text(json.dumps(ensemble_spec(base, codec, cfg, specs), indent=2) + "\n")
+    (out / "ensemble.json").write_text(json.dumps(ensemble_spec(base, codec, cfg, specs, adversarial), indent=2) + "\n")
     metrics = ensemble_metrics(members, specs, base_model, views, val_set.labels, cfg)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     say(f"ensemble: majority vote {metrics['ensemble']['per_member']:.4f} (per-member JPEG), "
@@ -135,12 +141,14 @@ def vaccinate(
 
 
 def ensemble_spec(base: dict[str, Any], codec: dict[str, Any], cfg: TrainConfig,
-                  specs: list[tuple[str, str, int | None]]) -> dict[str, Any]:
+                  specs: list[tuple[str, str, int | None]],
+                  adversarial: AdversarialConfig | None = None) -> dict[str, Any]:
     """The ensemble.json contents: classes, input size, codec and one entry per member."""
     return {
         "classes": list(base["classes"]), "input_size": list(base["input_size"]), "subsampling": cfg.subsampling,
         "backend": codec["backend"], "codec_version": codec["version"], "slq_qualities": list(cfg.slq_qualities),
-        "base": "base.pt",
+        "base": "base.pt", "epochs": cfg.epochs, "lr": cfg.lr,
+        "adversarial": adversarial.to_dict() if adversarial else None,
         "members": [{"name": name, "checkpoint": f"{name}/best.pt", "vaccination": kind, "quality": q}
                     for name, kind, q in specs],
     }
@@ -180,8 +188,13 @@ def ensemble_metrics(members: dict[str, TrainResult], specs: list[tuple[str, str
 # helpers
 
 
-def _transform(kind: str, quality: int | None, cfg: TrainConfig) -> BatchTransform:
+def _transform(kind: str, quality: int | None, cfg: TrainConfig, model: Any,
+               adversarial: AdversarialConfig | None) -> BatchTransform:
     """The member's training-batch JPEG step on uint8 NHWC batches (after augmentation)."""
+    if adversarial is not None:
+        return adversarial_transform(model, adversarial, quality=quality,
+                                     slq_qualities=None if kind == "jpeg" else cfg.slq_qualities,
+                                     subsampling=cfg.subsampling, backend=cfg.backend)
     if kind == "jpeg":
         return lambda x, rng: jpeg.roundtrip(x, quality, subsampling=cfg.subsampling, backend=cfg.backend)
     # a fresh SLQ block pattern for every batch, drawn from the epoch's seeded generator

@@ -85,7 +85,7 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded(x), model(x))
     assert meta["classes"] == list("abcd") and meta["input_size"] == [32, 32] and meta["epoch"] == 3
     assert meta["vaccination"] == {"kind": "jpeg", "quality": 40, "qualities": [40], "subsampling": "420",
-                                   "backend": "turbojpeg", "codec_version": "2.1.5"}
+                                   "backend": "turbojpeg", "codec_version": "2.1.5", "adversarial": None}
 
 
 def test_bad_checkpoints_are_config_errors(tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def test_vaccinated_member_beats_base_on_jpeg_inputs(base: TrainResult, ensemble
     assert base_acc < accuracy(base_model, test.images, test.labels) - 0.1  # q10 hurts the clean-trained base
     assert member_acc >= base_acc + 0.05, (member_acc, base_acc)  # seed 0: 0.78 vs 0.60
     # control: the same fine-tuning without the JPEG step helps less (seed 0: 0.71)
-    monkeypatch.setattr("edge_guard.training.vaccinate._transform", lambda kind, q, cfg: lambda x, rng: x)
+    monkeypatch.setattr("edge_guard.training.vaccinate._transform", lambda kind, q, cfg, model, adv: lambda x, rng: x)
     control = vaccinate(base.best_checkpoint, dataset=data, qualities=(Q,), slq=False, epochs=3, lr=1e-3,
                         num_threads=1, out_dir=tmp_path / "control", progress=False)
     control_model, _ = load_checkpoint(control.members[f"q{Q}"].best_checkpoint)
@@ -103,8 +103,8 @@ def test_training_transforms_use_the_runtime_codec() -> None:
     cfg = TrainConfig()
     x = make_dataset(n_per_class=2).images
     rng = np.random.default_rng(0)
-    np.testing.assert_array_equal(_transform("jpeg", 30, cfg)(x, rng), jpeg.roundtrip(x, 30, subsampling="420"))
-    slq = _transform("slq", None, cfg)
+    np.testing.assert_array_equal(_transform("jpeg", 30, cfg, None, None)(x, rng), jpeg.roundtrip(x, 30, subsampling="420"))
+    slq = _transform("slq", None, cfg, None, None)
     first, second = slq(x, np.random.default_rng(5)), slq(x, np.random.default_rng(5))
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, jpeg.slq(x, (20, 40, 60, 80), rng=np.random.default_rng(5)))
