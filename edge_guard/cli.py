@@ -199,7 +199,7 @@ def vaccinate(
     data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the base run's)."),
     epochs: int = typer.Option(3, "--epochs", help="Fine-tuning epochs per member."),
     out: str = typer.Option("runs/ensemble", "--out", "-o", help="Ensemble folder (ensemble.json, one run folder per member)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Fine-tuning learning rate (cosine decay)."),
+    lr: float = typer.Option(3e-3, "--lr", help="Peak fine-tuning learning rate (cosine decay); higher moves members further from the base."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
     subsampling: str = typer.Option("420", "--subsampling", help="JPEG chroma subsampling, as at runtime: 420 | 422 | 444."),
     backend: str = typer.Option("auto", "--backend", help="JPEG backend, as at runtime: auto | turbojpeg | opencv."),

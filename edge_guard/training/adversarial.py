@@ -35,6 +35,7 @@ from edge_guard.errors import ConfigError, expected_got
 from edge_guard.training.attacks.bpda import BPDAJPEG, BPDASLQ
 from edge_guard.training.attacks.pgd import PGD
 from edge_guard.training.augment import to_tensor, to_uint8
+from edge_guard.training.train import BatchTransform
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class AdversarialConfig:
 
 def adversarial_transform(model: nn.Module, config: AdversarialConfig, *, quality: int | None = None,
                           slq_qualities: Sequence[int] | None = None, subsampling: str = "420",
-                          backend: str = "auto"):  # -> BatchTransform
+                          backend: str = "auto") -> BatchTransform:
     """The vaccination BatchTransform with adversarial images: fn(uint8 (N, H, W, 3), rng) -> uint8 (N, H, W, 3).
 
     The first round(fraction * N) images of each (already shuffled and augmented) batch are attacked

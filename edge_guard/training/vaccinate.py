@@ -73,7 +73,7 @@ def vaccinate(
     slq_qualities: Sequence[int] = SLQ_QUALITIES,
     epochs: int = 3,
     batch_size: int | None = None,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     augment: bool | None = None,
     adversarial: AdversarialConfig | None = None,
     num_threads: int = 2,
