@@ -195,7 +195,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     run_config = _resolved_config(config, model, model_kwargs, train_set, val_set, vaccination)
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": []}
     if config.resume and last_path.exists():
-        state = _resume(last_path, model, optimizer, scheduler, config, log)
+        state = _resume(last_path, model, optimizer, scheduler, config, vaccination, log)
     elif config.resume:
         log(f"resume: no {last_path}, starting a new run")
     (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
@@ -351,13 +351,16 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, steps: int) -> tuple[
 # run-config keys that must match for --resume (they shape the schedule, the split or the model)
 _RESUME_KEYS = ("model", "epochs", "batch_size", "lr", "optimizer", "schedule", "seed", "val_fraction", "limit",
                 "size")
+_RESUME_VACCINATION = ("kind", "quality", "qualities", "subsampling", "adversarial")
 
 
 def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            config: TrainConfig, log: RunLog) -> dict[str, Any]:
+            config: TrainConfig, vaccination: dict[str, Any], log: RunLog) -> dict[str, Any]:
     ckpt = read_checkpoint(path)
     old = ckpt["run_config"]
     diff = {k: (old.get(k), getattr(config, k)) for k in _RESUME_KEYS if old.get(k) != getattr(config, k)}
+    diff.update({f"vaccination.{k}": (ckpt["vaccination"].get(k), vaccination.get(k)) for k in _RESUME_VACCINATION
+                 if ckpt["vaccination"].get(k) != vaccination.get(k)})
     if diff:
         raise ConfigError(expected_got(f"--resume of {path}", "the same settings as the interrupted run",
                                        "changes " + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items())))

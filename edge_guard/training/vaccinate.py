@@ -2,9 +2,10 @@
 
 One member per quality q (trained on `edge_guard.jpeg.roundtrip(x, q)`, the runtime's own codec and
 settings) plus, optionally, an SLQ member (trained on `edge_guard.jpeg.slq(x)` with a fresh random
-block pattern every batch). The output folder:
+block pattern every batch). With an AdversarialConfig, part of every batch is first attacked against
+the member through its own defense (edge_guard.training.adversarial). The output folder:
 
-    ensemble.json            classes, input size, codec, members (see the checkpoint contract)
+    ensemble.json            classes, input size, codec, epochs, lr, adversarial settings, members
     base.pt                  a copy of the base checkpoint
     q20/ q40/ ... slq/       one run folder per member: best.pt, last.pt, config.json, metrics.json, train.log
     metrics.json             each member on its own preprocessing, and the majority-vote ensemble with

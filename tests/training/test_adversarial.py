@@ -94,6 +94,10 @@ def test_adversarial_vaccination_resists_fgsm_through_its_jpeg_better(base: Trai
     assert spec["adversarial"]["eps_255"] == 8
     assert ckpt["vaccination"]["adversarial"] == spec["adversarial"]
     assert json.loads((tmp_path / "plain" / "ensemble.json").read_text())["adversarial"] is None
+    # resuming the adversarial run as a plain one would mix two recipes in one member: refused
+    with pytest.raises(ConfigError, match="vaccination.adversarial"):
+        vaccinate(base.best_checkpoint, dataset=data, qualities=(Q,), slq=False, epochs=6, lr=3e-3, num_threads=1,
+                  out_dir=tmp_path / "adv", resume=True, progress=False)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"eps": 0.0}, "eps"), ({"eps": 40 / 255}, "eps"),
