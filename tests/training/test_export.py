@@ -155,6 +155,12 @@ def test_existing_output_needs_overwrite(world, tmp_path):
     with pytest.raises(ConfigError, match="--overwrite"):
         export_run(_run(world), _opts(out))
     assert (out / "keep.txt").exists()
+    # --overwrite replaces the bundle's own files and keeps the rest (a README, notes)
+    (out / "stale.onnx").write_bytes(b"old graph")
+    res = export_run(_run(world), _opts(out, overwrite=True))
+    assert (out / "keep.txt").read_text() == "x" and not (out / "stale.onnx").exists()
+    assert any("keep.txt" in note for note in res.notes)
+    load_bundle(out)
 
 
 # ----------------------------------------------------------------------------- fused

@@ -315,6 +315,7 @@ def export_run(run: RunSource, opts: ExportOptions) -> ExportResult:
                 final = staging / opts.precision
                 manifest = rewrite_metrics(final, json.loads((final / MANIFEST_NAME).read_text()), metrics)
                 if out.exists():
+                    notes += _keep_extra_files(out, final)
                     shutil.rmtree(out)
                 final.rename(out)
                 load_bundle(out)  # the shipped bundle validates and every hash matches
@@ -324,6 +325,20 @@ def export_run(run: RunSource, opts: ExportOptions) -> ExportResult:
     used = [f"member {member}: {exporter} exporter" + (f" (fallback: {fallback[member]})" if member in fallback else "")
             for member, exporter in metrics["exporter"].items()]
     return ExportResult(out, manifest, tuple(used + notes))
+
+
+def _keep_extra_files(old: Path, new: Path) -> list[str]:
+    """Copy files of the bundle folder being replaced that the new bundle does not write (a README,
+    notes) into the new one, so --overwrite replaces the bundle and nothing else. Returns notes."""
+    kept = []
+    for path in sorted(old.rglob("*")):
+        rel = path.relative_to(old)
+        if path.is_file() and not (new / rel).exists() and rel.name != MANIFEST_NAME and path.suffix != ".onnx":
+            (new / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, new / rel)
+            kept.append(str(rel))
+    return [f"kept {name} from the replaced bundle folder (check that it still describes this bundle)"
+            for name in kept]
 
 
 def export_bundle(run_dir: str | Path, opts: ExportOptions) -> ExportResult:
