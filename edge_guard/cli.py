@@ -114,7 +114,7 @@ def export(
     data: str | None = typer.Option(None, "--data", help="Dataset folder for validation/calibration images (default: the run's config.json)."),
     limit: int = typer.Option(2000, "--limit", help="Validation images used for the checks and metrics."),
     force: bool = typer.Option(False, "--force", help="Keep a fp16/int8 bundle even if clean accuracy drops more than --max-accuracy-drop."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out (its other files, e.g. a README, are kept)."),
     name: str | None = typer.Option(None, "--name", help="Bundle name (default: the --out folder name)."),
     description: str = typer.Option("", "--description", help="Free text stored in the manifest."),
     vote: str = typer.Option("majority", "--vote", help="majority | soft."),
