@@ -30,8 +30,8 @@ from edge_guard import jpeg
 from edge_guard.training.adversarial import AdversarialConfig
 from edge_guard.training.attacks import FGSM
 from edge_guard.training.augment import to_tensor, to_uint8
-from edge_guard.training.checkpoint import read_checkpoint
-from edge_guard.training.data import load_dataset, split_by_track
+from edge_guard.training.export.evaldata import load_eval_data
+from edge_guard.training.export.source import load_run
 from edge_guard.training.models import load_checkpoint
 from edge_guard.training.train import predict_logits
 from edge_guard.training.vaccinate import vaccinate
@@ -51,12 +51,12 @@ def parse_variant(text: str) -> dict[str, Any]:
 
 
 def gray_box_success(base: torch.nn.Module, member: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
-                     quality: int, eps: float) -> tuple[float, np.ndarray]:
+                     quality: int, eps: float) -> float:
     """FGSM crafted on `base`, classified by `member` behind JPEG at `quality`: flipped / originally correct."""
     adv = to_uint8(FGSM(base, eps=eps)(to_tensor(images), torch.from_numpy(labels)))
     ok = predict_logits(member, jpeg.roundtrip(images, quality)).argmax(1) == labels
     fooled = predict_logits(member, jpeg.roundtrip(adv, quality)).argmax(1) != labels
-    return float((ok & fooled).sum() / max(1, ok.sum())), adv
+    return float((ok & fooled).sum() / max(1, ok.sum()))
 
 
 def main() -> None:
@@ -74,10 +74,8 @@ def main() -> None:
     variants = [(text, parse_variant(text)) for text in args.variants]
     torch.set_num_threads(args.threads)
 
-    run = read_checkpoint(args.base)["run_config"]
-    dataset = load_dataset(args.data, "train", int(run["size"]), seed=int(run["seed"]))
-    _, val = split_by_track(dataset, float(run["val_fraction"]), int(run["seed"]))
-    idx = np.sort(np.random.default_rng(0).choice(len(val.labels), min(args.n, len(val.labels)), replace=False))
+    # the attacked images: a seeded subset of the base run's own held-out tracks, as `edgeguard evaluate` takes them
+    val = load_eval_data(load_run(args.base), args.data, limit=args.n, calibration=0)
     base, _ = load_checkpoint(args.base)
 
     rows = []
@@ -85,20 +83,20 @@ def main() -> None:
         for i, (text, v) in enumerate(variants):
             adversarial = AdversarialConfig(eps=v["adv"] / 255, fraction=v.get("frac", 0.5)) if v.get("adv") else None
             t0 = time.perf_counter()
-            result = vaccinate(args.base, dataset=dataset, qualities=(args.quality,), slq=False,
+            result = vaccinate(args.base, data=args.data, qualities=(args.quality,), slq=False,
                                epochs=v.get("epochs", args.epochs), lr=v.get("lr", 3e-3), adversarial=adversarial,
                                num_threads=args.threads, out_dir=Path(tmp) / f"v{i}", progress=False)
             seconds = time.perf_counter() - t0
             member, _ = load_checkpoint(result.members[f"q{args.quality}"].best_checkpoint)
-            success, _ = gray_box_success(base, member, val.images[idx], val.labels[idx], args.quality,
-                                          args.eps / 255)
+            success = gray_box_success(base, member, val.images, val.labels, args.quality, args.eps / 255)
             rows.append({"variant": text, "val_accuracy": result.metrics["members"][f"q{args.quality}"]["val_accuracy"],
                          "fgsm_success": round(success, 4), "seconds": round(seconds, 1)})
             print(f"{text:<28} val acc {100 * rows[-1]['val_accuracy']:.2f}%  FGSM {args.eps}/255 gray-box success "
                   f"{100 * success:.1f}%  {seconds:.0f} s ({seconds / rows[0]['seconds']:.2f}x the first)", flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"quality": args.quality, "epochs": args.epochs, "eps": args.eps, "n": len(idx),
-                                        "val_images": len(val.labels), "rows": rows}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"quality": args.quality, "epochs": args.epochs, "eps": args.eps,
+                                        "n": val.info["n"], "val_images": val.info["n_val_total"], "rows": rows},
+                                       indent=2) + "\n")
 
 
 if __name__ == "__main__":
