@@ -448,8 +448,13 @@ def _progress(enabled: bool) -> Iterator[Any]:
 # results
 
 
+def _models_label(models: str | Path | RunSource) -> str:
+    """How results name the evaluated models: the folder given, or "in-memory" for a loaded RunSource."""
+    return "in-memory" if isinstance(models, RunSource) else str(models)
+
+
 def _fingerprint(models: str | Path | RunSource, info: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
-    values = {**asdict(config), "models": str(models) if not isinstance(models, RunSource) else "in-memory",
+    values = {**asdict(config), "models": _models_label(models),
               "data": info.get("source")}
     return {k: values[k] for k in FINGERPRINT}
 
@@ -463,7 +468,7 @@ def collect(store: CellStore, run: RunSource, config: EvalConfig, systems: Seque
     cells = [store.cells[k] for k in keys if k in store.cells]
     lookup = {c["key"]: c for c in cells}
     return {
-        "config": {**asdict(config), "models": str(models) if not isinstance(models, RunSource) else "in-memory",
+        "config": {**asdict(config), "models": _models_label(models),
                    "table_qualities": list(table_qualities(run, config)),
                    "vote": "majority", "adaptive_surrogate": "log mean softmax over members (soft vote)",
                    "subsampling": run.subsampling, "slq_qualities": list(run.slq_qualities),

@@ -91,7 +91,8 @@ def vaccinate(
     data: dataset folder (default: the one the base was trained on); dataset: an already loaded
     Dataset instead. Members train `epochs` epochs with a cosine schedule from `lr` (fine-tuning).
     batch_size/augment default to the base run's. adversarial: also train on adversarial images made
-    against each member through its own defense (see edge_guard.training.adversarial). Returns a VaccinateResult (see module docstring).
+    against each member through its own defense (see edge_guard.training.adversarial).
+    Returns a VaccinateResult (see module docstring).
     """
     qualities = sorted({int(q) for q in qualities})
     if not qualities and not slq:
