@@ -245,8 +245,10 @@ def vaccinate(
 @friendly_errors
 def evaluate(
     models: str = typer.Option(..., "--models", help="Ensemble folder from edgeguard vaccinate (ensemble.json with base and members)."),
-    data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the run's); its held-out track-wise validation split is used."),
-    attacks: str = typer.Option("fgsm,pgd,deepfool,cw", "--attacks", help="Gray-box attacks: fgsm, pgd, deepfool, cw."),
+    data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the run's)."),
+    split: str = typer.Option("val", "--split", help="val: the run's held-out validation tracks | test: the dataset's official test set."),
+    roi: str | None = typer.Option(None, "--roi", help="Crop images to their annotated ROI: auto | crop | none (default: the run's setting, else auto)."),
+    attacks: str = typer.Option("fgsm,pgd,deepfool,cw", "--attacks", help="Gray-box attacks: fgsm, pgd, deepfool, cw; none: clean accuracy only."),
     eps: str = typer.Option("2,4,8", "--eps", help="FGSM/PGD budgets in 1/255 units (DeepFool/CW have none)."),
     qualities: str = typer.Option("10,20,30,40,50,60,70,80,90,100", "--qualities", help="JPEG qualities for base+JPEG."),
     limit: int = typer.Option(500, "--limit", help="Validation images (seeded random subset)."),
@@ -269,15 +271,17 @@ def evaluate(
     """Attack the base, base+JPEG, the vaccinated ensemble and the SLQ ensemble, gray-box and adaptive; write a report.
 
     Example: edgeguard evaluate --models runs/shield --data data/gtsrb --attacks fgsm,pgd,deepfool,cw --eps 2,4,8 --limit 500 --out benchmarks/gtsrb-robustness
+
+    Accuracy on the official test set: edgeguard evaluate --models runs/shield --data data/GTSRB --split test --roi none --attacks none --no-adaptive --limit 20000
     """
     from edge_guard.training.evaluate import EvalConfig
     from edge_guard.training.evaluate import evaluate as run_evaluation
 
     def names(text: str) -> tuple[str, ...]:
-        return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+        return tuple(part.strip().lower() for part in text.split(",") if part.strip() and part.strip() != "none")
 
     config = EvalConfig(
-        attacks=names(attacks), eps=tuple(parse_int_list(eps, "--eps")),
+        attacks=names(attacks), split=split, roi=roi, eps=tuple(parse_int_list(eps, "--eps")),
         qualities=tuple(parse_int_list(qualities, "--qualities")), limit=limit, adaptive=adaptive,
         adaptive_attacks=names(adaptive_attacks),
         adaptive_qualities=tuple(parse_int_list(adaptive_qualities, "--adaptive-qualities")) if adaptive_qualities else None,
@@ -285,6 +289,9 @@ def evaluate(
         cw_steps=cw_steps, cw_search_steps=cw_search_steps, batch_size=batch_size, seed=seed, threads=threads,
         backend=backend)
     result = run_evaluation(models, out, config, data=data, resume=resume, echo=typer.echo)
+    clean = {c["system"]: c for c in result.results["cells"] if c["threat"] == "clean"}
+    typer.echo(f"clean accuracy on {result.results['data']['n']} {config.split} images: " + ", ".join(
+        f"{name} {100 * clean[name]['accuracy']:.2f}%" for name in ("base", "ensemble", "slq_ensemble") if name in clean))
     for name, t in result.results["target"].items():
         if isinstance(t, dict) and t.get("measured"):
             typer.echo(f"gray-box {name}: ensemble {100 * t['ensemble_success']:.1f}% vs base "

@@ -54,7 +54,7 @@ from edge_guard.training.attacks import (
     predict,
     slq_defended,
 )
-from edge_guard.training.export.evaldata import load_eval_data
+from edge_guard.training.export.evaldata import SPLITS, load_eval_data
 from edge_guard.training.export.source import RunSource, load_run
 from edge_guard.training.provenance import versions
 from edge_guard.training.report import cell_key, robustness_target, write_report
@@ -63,7 +63,7 @@ EPS_ATTACKS = ("fgsm", "pgd")  # Linf budget: one cell per eps
 CELLS_FILE = "cells.jsonl"
 STATE_FILE = "evaluate_state.json"
 # settings that change the numbers: a resumed run must match them
-FINGERPRINT = ("models", "data", "limit", "adaptive_limit", "seed", "batch_size", "pgd_steps", "cw_steps",
+FINGERPRINT = ("models", "data", "split", "roi", "limit", "adaptive_limit", "seed", "batch_size", "pgd_steps", "cw_steps",
                "cw_search_steps", "bpda_backward", "eot_samples", "backend")
 
 
@@ -71,10 +71,12 @@ FINGERPRINT = ("models", "data", "limit", "adaptive_limit", "seed", "batch_size"
 class EvalConfig:
     """What `evaluate` runs. eps levels are in 1/255 units (8 -> 8/255)."""
 
-    attacks: tuple[str, ...] = ("fgsm", "pgd", "deepfool", "cw")
+    attacks: tuple[str, ...] = ("fgsm", "pgd", "deepfool", "cw")  # () : clean accuracy only
     eps: tuple[int, ...] = (2, 4, 8)
     qualities: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
-    limit: int = 500  # validation images (a seeded random subset of the held-out split)
+    limit: int = 500  # evaluation images (a seeded random subset of the split)
+    split: str = "val"  # "val": the run's held-out tracks; "test": the dataset's official test set
+    roi: str | None = None  # test-image ROI cropping ("auto" | "crop" | "none"); None: as training loaded
     adaptive: bool = True
     adaptive_attacks: tuple[str, ...] = ("fgsm", "pgd")
     adaptive_qualities: tuple[int, ...] | None = None  # None: the members' JPEG qualities
@@ -92,7 +94,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for what, names in (("--attacks", self.attacks), ("--adaptive-attacks", self.adaptive_attacks)):
             bad = [a for a in names if a not in list_attacks()]
-            if bad or (what == "--attacks" and not names):
+            if bad:
                 raise ConfigError(expected_got(what, f"names from {', '.join(list_attacks())}", list(names)))
         if any(not 1 <= e <= 255 for e in self.eps) or ("fgsm" in self.attacks or "pgd" in self.attacks) \
                 and not self.eps:
@@ -106,6 +108,10 @@ class EvalConfig:
                             ("--adaptive-limit", self.adaptive_limit or 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(expected_got(what, "a positive integer", repr(value)))
+        if self.split not in SPLITS:
+            raise ConfigError(expected_got("--split", " or ".join(SPLITS), repr(self.split)))
+        if self.roi not in (None, "auto", "crop", "none"):
+            raise ConfigError(expected_got("--roi", "auto, crop or none", repr(self.roi)))
         if self.bpda_backward not in ("identity", "diffjpeg"):
             raise ConfigError(expected_got("--bpda-backward", "'identity' or 'diffjpeg'", repr(self.bpda_backward)))
         jpeg.resolve_backend(self.backend)  # CodecError if unavailable
@@ -139,7 +145,8 @@ def evaluate(models: str | Path | RunSource, out_dir: str | Path, config: EvalCo
 
     models: an ensemble folder (ensemble.json with a base) or a loaded RunSource. data: the dataset
     folder (default: the one in the run's config); the evaluation images are the run's held-out,
-    track-wise validation split, capped at config.limit (export/evaldata.py).
+    track-wise validation split (config.split "val") or the dataset's official test set ("test"),
+    capped at config.limit (export/evaldata.py).
     """
     t0 = time.perf_counter()
     say = echo or (lambda _msg: None)
@@ -147,7 +154,7 @@ def evaluate(models: str | Path | RunSource, out_dir: str | Path, config: EvalCo
         torch.set_num_threads(config.threads)
     run = models if isinstance(models, RunSource) else load_run(models)
     _base(run)
-    evaldata = load_eval_data(run, data, limit=config.limit, calibration=0)
+    evaldata = load_eval_data(run, data, limit=config.limit, calibration=0, split=config.split, roi=config.roi)
     if not evaldata.available:
         raise ConfigError(expected_got("evaluation data", "a dataset folder", "none", "Pass --data PATH."))
     x = torch.from_numpy(np.ascontiguousarray(evaldata.images.transpose(0, 3, 1, 2))).float() / 255

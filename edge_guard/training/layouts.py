@@ -84,9 +84,14 @@ def detect(root: Path, split: str) -> Plan:
             f"GTSRB {split} split under {root}",
             "Final_Training/Images/000NN/GT-000NN.csv" if split == "train" else "GT-final_test.csv (with ClassId)",
             "only the other split", "point --data at a folder holding this split."))
-    folder_root = root / split if _is_class_folders(root / split) else root
-    if _is_class_folders(folder_root):
-        return _plan_folders(folder_root)
+    if _is_class_folders(root / split):
+        return _plan_folders(root / split)
+    if split == "test" and _is_class_folders(root):  # one set of class folders is the training set
+        raise DataError(expected_got(f"test split of the class folders at {root}", f"{root / 'test'}/<class>/...",
+                                     "only one set of class folders (the training images)",
+                                     "put test images in test/<class>/ beside train/<class>/."))
+    if _is_class_folders(root):
+        return _plan_folders(root)
     raise DataError(expected_got(f"dataset layout at {root}", "one of: " + "; ".join(SUPPORTED_LAYOUTS),
                                  "none of them"))
 

@@ -158,6 +158,14 @@ def target_text(target: dict[str, Any]) -> str:
     return f"Gray-box target (ensemble success <= 1/3 of the base's): **{verdict}**.\n\n" + "\n".join(parts)
 
 
+def data_text(data: dict[str, Any]) -> str:
+    """Which images were evaluated: the official test set, or the run's held-out validation tracks."""
+    if data.get("split") == "test":
+        return f"the official test set (ROI {data.get('roi')})"
+    return (f"the track-wise held-out validation split (val_fraction {data.get('val_fraction')}, "
+            f"seed {data.get('seed')})")
+
+
 def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
     cfg, data = results["config"], results["data"]
     members = ", ".join(f"{m['name']} ({m['vaccination']}" + (f" q{m['quality']}" if m["quality"] else "") + ")"
@@ -167,8 +175,7 @@ def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
     text = [
         "# Robustness report", "",
         f"Models: `{cfg['models']}`; members: {members}; vote: {cfg['vote']}.",
-        f"Data: {data.get('source')} ({data.get('layout')}), the track-wise held-out validation split "
-        f"(val_fraction {data.get('val_fraction')}, seed {data.get('seed')}), {data['n']} images "
+        f"Data: {data.get('source')} ({data.get('layout')}), {data_text(data)}, {data['n']} images "
         f"(a seeded random subset of {data.get('n_val_total')}), {data['classes']} classes, "
         f"{data['input_size'][0]}x{data['input_size'][1]} px.",
         f"JPEG: {results['versions']['jpeg_backend']} (libjpeg-turbo {results['versions']['libjpeg-turbo']}), "

@@ -100,6 +100,9 @@ def test_class_folder_layout(tmp_path: Path) -> None:
     assert ds.images.shape == (6, 32, 32, 3) and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert len(load(tmp_path / "f", tmp_path, split="test")) == 2
     assert load(tmp_path / "f" / "train", tmp_path, size=(24, 16)).images.shape == (6, 24, 16, 3)
+    # one set of class folders is a training set: asking it for a test split must not return it again
+    with pytest.raises(DataError, match="test/<class>"):
+        load(tmp_path / "f" / "train", tmp_path, split="test")
 
 
 def test_unknown_layout_names_supported_layouts(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from edge_guard import jpeg
 from edge_guard.cli import app
-from edge_guard.errors import ConfigError
+from edge_guard.errors import ConfigError, DataError
 from edge_guard.training import evaluate as ev
 from edge_guard.training.attacks import EOT, BPDAJPEG, DefendedModel
 from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, save_checkpoint
@@ -254,9 +254,41 @@ def test_robustness_target_rule() -> None:
     assert robustness_target({})["holds"] is False and not robustness_target({})["deepfool"]["measured"]
 
 
+def test_clean_accuracy_on_the_official_test_split(world, tmp_path) -> None:
+    """--split test --attacks none --no-adaptive: every test image, clean accuracy only, matching the
+    base's own predictions on those images."""
+    rng = np.random.default_rng(7)
+    xs, ys = [], []
+    for c, name in enumerate(CLASSES):
+        (tmp_path / "d" / "test" / name).mkdir(parents=True)
+        imgs = tinted_squares(c, 5, rng, SIZE, tint=30)
+        imgs[0] = rng.integers(0, 256, imgs[0].shape, dtype=np.uint8)  # noise: some images are missed
+        for i, im in enumerate(imgs):
+            cv2.imwrite(str(tmp_path / "d" / "test" / name / f"{i:03d}.png"), im[..., ::-1])
+        xs.append(imgs)
+        ys.append(np.full(len(imgs), c))
+    cfg = EvalConfig(attacks=(), adaptive=False, split="test", limit=1000, qualities=(50,), threads=1)
+    res = evaluate(world["ens"], tmp_path / "out", cfg, data=tmp_path / "d", progress=False).results
+    assert res["data"]["split"] == "test" and res["data"]["n"] == 20 == res["data"]["n_val_total"]
+    assert {c["threat"] for c in res["cells"]} == {"clean"} and not res["target"]["holds"]
+    base, _ = load_checkpoint(world["ens"] / "base.pt")
+    x = torch.from_numpy(np.concatenate(xs).transpose(0, 3, 1, 2).copy()).float() / 255
+    expected = float((base(x).argmax(1).numpy() == np.concatenate(ys)).mean())
+    clean = {c["system"]: c["accuracy"] for c in res["cells"]}
+    assert clean["base"] == pytest.approx(expected) and 0 < expected < 1
+    assert "official test set" in (tmp_path / "out" / "report.md").read_text()
+    cli = CliRunner().invoke(app, ["evaluate", "--models", str(world["ens"]), "--data", str(tmp_path / "d"),
+                                   "--split", "test", "--attacks", "none", "--no-adaptive", "--qualities", "50",
+                                   "--threads", "1", "--out", str(tmp_path / "cli")])
+    assert cli.exit_code == 0, cli.output
+    assert f"clean accuracy on 20 test images: base {100 * expected:.2f}%" in cli.output
+    with pytest.raises(DataError, match="test/<class>"):  # the training folders are not a test set
+        evaluate(world["ens"], tmp_path / "out2", cfg, data=world["data"], progress=False)
+
+
 def test_config_rejects_bad_options() -> None:
     for bad in ({"attacks": ("fgsm", "nope")}, {"eps": (0,)}, {"qualities": (101,)}, {"eot_samples": 0},
-                {"bpda_backward": "exact"}, {"limit": -1}):
+                {"bpda_backward": "exact"}, {"limit": -1}, {"split": "train"}, {"roi": "tight"}):
         with pytest.raises(ConfigError):
             EvalConfig(**bad)
 

@@ -1,9 +1,12 @@
-"""The images an export is checked on: the run's own held-out validation split, and calibration images.
+"""The images a run is measured on: its own held-out validation split (or the official test set),
+and calibration images.
 
 The validation images are the ones training held out: the dataset at `--data` (else the path in the
 run's config.json), split by track with the run's seed and val_fraction (`split_by_track`), then
-capped at `limit` images (a seeded random subset). int8 calibration uses a few hundred images
-from the training side of the same split. Without any data path only random-input parity runs.
+capped at `limit` images (a seeded random subset). split="test" takes the dataset's official test
+set instead (GTSRB `GT-final_test.csv`, Kaggle `Test.csv`, CIFAR-10 `test_batch`), never seen in
+training or tuning. int8 calibration uses a few hundred images from the training side of the
+split. Without any data path only random-input parity runs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from edge_guard.training.export.source import RunSource
 
 DEFAULT_LIMIT = 2000
 DEFAULT_VAL_FRACTION = 0.2  # used when the run's config does not record one
+SPLITS = ("val", "test")
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,16 @@ def _dataset_kwargs(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_eval_data(run: RunSource, data: str | Path | None = None, *, limit: int = DEFAULT_LIMIT,
-                   calibration: int = 256) -> EvalData:
-    """Load the run's validation split (and calibration images) from `data` or the run's config."""
+                   calibration: int = 256, split: str = "val", roi: str | None = None) -> EvalData:
+    """Load the run's validation split (or, split="test", the dataset's official test set) and
+    calibration images from `data` or the run's config. roi: how images are cropped to their annotated
+    box ("auto", "crop", "none"; see load_dataset); None: the run's recorded setting, else "auto"."""
     from edge_guard.training.data import load_dataset, split_by_track
 
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ConfigError(expected_got("--limit", "a positive number of validation images", repr(limit)))
+    if split not in SPLITS:
+        raise ConfigError(expected_got("--split", " or ".join(SPLITS), repr(split)))
     source, origin = (data, "--data") if data is not None else (run.config.get("data"), "run config.json")
     if not source:
         return EvalData(info={"source": None, "n": 0, "note": "no validation data: no --data and no data path in "
@@ -73,7 +81,13 @@ def load_eval_data(run: RunSource, data: str | Path | None = None, *, limit: int
                                      "Pass --data PATH to the dataset the run was trained on."))
     seed = int(run.config.get("seed", 0))
     val_fraction = float(run.config.get("val_fraction", DEFAULT_VAL_FRACTION))
-    dataset = load_dataset(Path(source), "train", size=run.input_size, **_dataset_kwargs(run.config))
+    kwargs = _dataset_kwargs(run.config)
+    if split == "test":  # the whole official test set: the training run's subset limit does not apply
+        kwargs.pop("limit", None)
+        kwargs.pop("seed", None)
+    if roi:
+        kwargs["roi"] = roi
+    dataset = load_dataset(Path(source), "train" if split == "val" else "test", size=run.input_size, **kwargs)
     if tuple(dataset.classes) != tuple(run.classes):
         diff = next((i for i, (a, b) in enumerate(zip(dataset.classes, run.classes)) if a != b), None)
         got = (f"{dataset.num_classes} classes" if diff is None else
@@ -81,10 +95,13 @@ def load_eval_data(run: RunSource, data: str | Path | None = None, *, limit: int
         raise DataError(expected_got(f"classes of the dataset at {source}",
                                      f"the model's {len(run.classes)} classes in the same order", got,
                                      "Pass the dataset the run was trained on."))
-    train, val = split_by_track(dataset, val_fraction, seed)
+    if split == "test":
+        train, val = dataset.subset(np.arange(0)), dataset  # no training images in a test set
+    else:
+        train, val = split_by_track(dataset, val_fraction, seed)
     keep = _subset(len(val), limit, seed)
     calib = _subset(len(train), calibration, seed + 1)
-    info = {"source": str(source), "from": origin, "split": "train", "val_fraction": val_fraction, "seed": seed,
+    info = {"source": str(source), "from": origin, "split": split, "val_fraction": val_fraction, "seed": seed,
             "n": int(len(keep)), "n_val_total": len(val), "limit": limit, "n_calibration": int(len(calib)),
-            "layout": dataset.report.layout}
+            "layout": dataset.report.layout, "roi": dataset.report.roi}
     return EvalData(val.images[keep], val.labels[keep], train.images[calib], info)
