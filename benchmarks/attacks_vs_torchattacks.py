@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,24 +65,15 @@ def train_synthetic(model_name: str, classes: int, size: int, steps: int, seed: 
 
 
 def load_real(ckpt: str, data: str, n: int, split: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """The checkpoint and n images of `split`: "test" (the dataset's test set) or "val" (the
-    training run's own held-out track-wise split, rebuilt from its run config)."""
-    from edge_guard.training.data import load_dataset, split_by_track
-    from edge_guard.training.models import load_checkpoint
+    """The checkpoint and a seeded n images of `split`: "test" (the dataset's test set) or "val" (the
+    training run's own held-out track-wise split), chosen as `edgeguard evaluate` chooses them."""
+    from edge_guard.training.export.evaldata import load_eval_data
+    from edge_guard.training.export.source import load_run
 
-    model, meta = load_checkpoint(ckpt)
-    h, w = meta.get("input_size", [32, 32])
-    if split == "val":
-        cfg = meta.get("run_config", {})
-        full = load_dataset(data, split="train", size=(h, w))
-        val = split_by_track(full, cfg.get("val_fraction", 0.2), cfg.get("seed", 0))[1]
-        pick = np.random.default_rng(0).permutation(len(val))[:n]  # seeded, all classes represented
-        images_u8, labels = val.images[pick], val.labels[pick]
-    else:
-        ds = load_dataset(data, split="test", size=(h, w), limit=n, seed=0)
-        images_u8, labels = ds.images, ds.labels
-    images = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 255
-    return model.eval(), images, torch.from_numpy(labels).long()
+    run = load_run(ckpt)
+    ev = load_eval_data(run, data, limit=n, calibration=0, split=split)
+    images = torch.from_numpy(ev.images).permute(0, 3, 1, 2).float() / 255
+    return run.members[0].model.eval(), images, torch.from_numpy(ev.labels).long()
 
 
 def timed(fn: Any, *args: Any) -> tuple[torch.Tensor, float]:
