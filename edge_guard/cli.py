@@ -251,7 +251,7 @@ def evaluate(
     attacks: str = typer.Option("fgsm,pgd,deepfool,cw", "--attacks", help="Gray-box attacks: fgsm, pgd, deepfool, cw; none: clean accuracy only."),
     eps: str = typer.Option("2,4,8", "--eps", help="FGSM/PGD budgets in 1/255 units (DeepFool/CW have none)."),
     qualities: str = typer.Option("10,20,30,40,50,60,70,80,90,100", "--qualities", help="JPEG qualities for base+JPEG."),
-    limit: int = typer.Option(500, "--limit", help="Validation images (seeded random subset)."),
+    limit: int = typer.Option(500, "--limit", help="Evaluation images (seeded random subset of the split)."),
     out: str = typer.Option("runs/evaluation", "--out", "-o", help="Report folder (results.json/.csv, report.md, plots)."),
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Also attack every defended system end to end (BPDA, EOT)."),
     adaptive_attacks: str = typer.Option("fgsm,pgd", "--adaptive-attacks", help="Attacks run adaptively."),

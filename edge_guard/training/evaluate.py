@@ -63,8 +63,8 @@ EPS_ATTACKS = ("fgsm", "pgd")  # Linf budget: one cell per eps
 CELLS_FILE = "cells.jsonl"
 STATE_FILE = "evaluate_state.json"
 # settings that change the numbers: a resumed run must match them
-FINGERPRINT = ("models", "data", "split", "roi", "limit", "adaptive_limit", "seed", "batch_size", "pgd_steps", "cw_steps",
-               "cw_search_steps", "bpda_backward", "eot_samples", "backend")
+FINGERPRINT = ("models", "data", "split", "roi", "limit", "adaptive_limit", "seed", "batch_size", "pgd_steps",
+               "cw_steps", "cw_search_steps", "bpda_backward", "eot_samples", "backend")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class EvalConfig:
     qualities: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
     limit: int = 500  # evaluation images (a seeded random subset of the split)
     split: str = "val"  # "val": the run's held-out tracks; "test": the dataset's official test set
-    roi: str | None = None  # test-image ROI cropping ("auto" | "crop" | "none"); None: as training loaded
+    roi: str | None = None  # ROI cropping ("auto" | "crop" | "none"); None: the run's setting, else "auto"
     adaptive: bool = True
     adaptive_attacks: tuple[str, ...] = ("fgsm", "pgd")
     adaptive_qualities: tuple[int, ...] | None = None  # None: the members' JPEG qualities
