@@ -3,8 +3,8 @@
     python benchmarks/ensemble_ceiling.py runs/gtsrb-shield runs/q40-90 --data ../shared/datasets/gtsrb32
 
 For each ensemble folder (from `edgeguard vaccinate`), every member classifies the evaluation images
-through its own deployed preprocessing (JPEG at its quality, or one seeded SLQ draw), exactly as the
-bundle's defense does. Printed per run, in % of images:
+through its own deployed preprocessing (JPEG at its quality, or one seeded SLQ draw): the default
+defense `edgeguard export` writes, applied by the exporter's own `member_view`. Printed per run, in % of images:
 - the base model on clean images (what the ensemble gives up for its defense),
 - each member on its own preprocessing,
 - the majority vote (the shipped rule) and the soft vote (mean probability),
@@ -25,21 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_guard import jpeg
 from edge_guard.engine import softmax, vote
 from edge_guard.training.export.evaldata import load_eval_data
-from edge_guard.training.export.source import RunSource, load_run
+from edge_guard.training.export.measure import member_view
+from edge_guard.training.export.pipeline import resolve_defense
+from edge_guard.training.export.source import load_run
 from edge_guard.training.train import predict_logits
-
-
-def member_input(images: np.ndarray, run: RunSource, vaccination: str, quality: int | None,
-                 seed: int) -> np.ndarray:
-    """The member's deployed preprocessing of uint8 (N, H, W, 3) RGB images (same shape and dtype)."""
-    if vaccination == "jpeg":
-        return jpeg.roundtrip(images, int(quality or 0), subsampling=run.subsampling)
-    if vaccination == "slq":
-        return jpeg.slq(images, run.slq_qualities, rng=np.random.default_rng(seed), subsampling=run.subsampling)
-    return images
 
 
 def measure(path: str, data: str | None, split: str, limit: int, seed: int) -> dict[str, Any]:
@@ -48,7 +39,8 @@ def measure(path: str, data: str | None, split: str, limit: int, seed: int) -> d
     run = load_run(path)
     ev = load_eval_data(run, data, limit=limit, calibration=0, split=split)
     x, y = ev.images, ev.labels
-    logits = [predict_logits(m.model, member_input(x, run, m.vaccination, m.quality, seed)) for m in run.members]
+    defense = resolve_defense(run, None, False)  # what `edgeguard export` puts in the bundle by default
+    logits = [predict_logits(m.model, member_view(x, m.vaccination, m.quality, defense, seed)) for m in run.members]
     probs = softmax(np.stack(logits).astype(np.float32))  # (members, N, classes)
     right = np.stack([lg.argmax(1) == y for lg in logits])  # (members, N)
     return {
