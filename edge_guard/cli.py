@@ -156,7 +156,7 @@ def export(
 @friendly_errors
 def train(
     data: str = typer.Option(..., "--data", help="Dataset folder: GTSRB (official or Kaggle), CIFAR-10 python, or class folders."),
-    model: str = typer.Option("compact_cnn", "--model", help="compact_cnn | resnet_small."),
+    model: str = typer.Option("compact_cnn", "--model", help="compact_cnn (fast, ~10M multiply-adds) | resnet14 (~27M) | resnet_small (ResNet-20, ~41M)."),
     epochs: int = typer.Option(15, "--epochs", help="Training epochs."),
     out: str = typer.Option("runs/base", "--out", "-o", help="Run folder (best.pt, last.pt, config.json, metrics.json, train.log)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
@@ -166,6 +166,7 @@ def train(
     lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (one-cycle schedule)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of GTSRB tracks held out for validation."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
+    device: str = typer.Option("auto", "--device", help="Where torch trains: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Small affine + brightness/contrast jitter (no flips)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
@@ -180,7 +181,7 @@ def train(
 
     config = TrainConfig(data=data, model=model, epochs=epochs, out_dir=out, resume=resume, seed=seed, limit=limit,
                          batch_size=batch_size, lr=lr, val_fraction=val_fraction, num_threads=threads,
-                         augment=augment, skip_bad=skip_bad)
+                         device=device, augment=augment, skip_bad=skip_bad)
     dataset = load_dataset(data, "train", config.size, skip_bad=skip_bad, limit=limit, seed=seed, cache_dir=cache_dir)
     typer.echo(dataset.report.summary())
     result = train_model(config, dataset, echo=typer.echo)
@@ -201,6 +202,7 @@ def vaccinate(
     out: str = typer.Option("runs/ensemble", "--out", "-o", help="Ensemble folder (ensemble.json, one run folder per member)."),
     lr: float = typer.Option(3e-3, "--lr", help="Peak fine-tuning learning rate (cosine decay); higher moves members further from the base."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
+    device: str = typer.Option("auto", "--device", help="Where torch trains: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
     subsampling: str = typer.Option("420", "--subsampling", help="JPEG chroma subsampling, as at runtime: 420 | 422 | 444."),
     backend: str = typer.Option("auto", "--backend", help="JPEG backend, as at runtime: auto | turbojpeg | opencv."),
     adversarial_eps: int = typer.Option(0, "--adversarial-eps", help="Also train on FGSM images (random start) made against each member through its JPEG, budget in 1/255 units; 0: off."),
@@ -231,7 +233,7 @@ def vaccinate(
     typer.echo(dataset.report.summary())
     result = vaccinate_members(
         base, data=folder, dataset=dataset, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
-        epochs=epochs, lr=lr, adversarial=adversarial, num_threads=threads, subsampling=subsampling,
+        epochs=epochs, lr=lr, adversarial=adversarial, num_threads=threads, device=device, subsampling=subsampling,
         backend=backend, out_dir=out, resume=resume, echo=typer.echo)
     m = result.metrics
     for name, member in m["members"].items():

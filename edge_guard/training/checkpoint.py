@@ -49,7 +49,7 @@ def build_checkpoint(model: nn.Module, *, model_name: str, model_kwargs: dict[st
                      epoch: int, optimizer: dict[str, Any] | None, metrics: dict[str, Any],
                      **extra: Any) -> dict[str, Any]:
     """Assemble a checkpoint dict following the contract above (plus `extra` keys)."""
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}  # loads anywhere
     return {"model": state, "model_name": model_name, "model_kwargs": dict(model_kwargs), "classes": list(classes),
             "input_size": [int(input_size[0]), int(input_size[1])], "vaccination": dict(vaccination),
             "run_config": dict(run_config), "epoch": int(epoch), "optimizer": optimizer, "metrics": dict(metrics),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class TrainConfig:
     brightness: float = 0.2
     contrast: float = 0.2
     num_threads: int = 2  # torch intra-op threads; 0 keeps torch's default
-    device: str = "cpu"
+    device: str = "auto"  # "auto" (a CUDA GPU when torch sees one, else the CPU) | "cpu" | "cuda" | "cuda:N"
     val_fraction: float = 0.2  # split by GTSRB track
     limit: int | None = None  # load at most this many images (quick runs)
     skip_bad: bool = False
@@ -90,6 +91,8 @@ class TrainConfig:
             (0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction),
             (self.size >= 8, "size", ">= 8", self.size),
             (self.num_threads >= 0, "num_threads", ">= 0", self.num_threads),
+            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)) is not None, "device",
+             "auto, cpu, cuda or cuda:N", self.device),
             (all(1 <= q <= 100 for q in self.eval_qualities + self.slq_qualities), "JPEG qualities", "1..100",
              self.eval_qualities + self.slq_qualities),
         ]
@@ -186,13 +189,13 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
         raise ConfigError(expected_got(f"output folder {out}", "a new folder", "a folder with a run (last.pt)",
                                        "pass --resume to continue it, or choose another --out."))
     log = RunLog(out / "train.log", echo)
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     steps = max(1, len(train_set) // config.batch_size)
     optimizer, scheduler = _make_optimizer(model, config, steps)
-    run_config = _resolved_config(config, model, model_kwargs, train_set, val_set, vaccination)
+    run_config = _resolved_config(config, model, model_kwargs, train_set, val_set, vaccination, device)
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": []}
     if config.resume and last_path.exists():
         state = _resume(last_path, model, optimizer, scheduler, config, vaccination, log)
@@ -291,15 +294,18 @@ def make_batch(images: np.ndarray, config: TrainConfig, aug: AugmentConfig | Non
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 512,
-                   device: torch.device | str = "cpu") -> np.ndarray:
-    """Logits float32 (N, C) for uint8 (N, H, W, 3) images; model in eval mode afterwards."""
+                   device: torch.device | str | None = None) -> np.ndarray:
+    """Logits float32 (N, C) for uint8 (N, H, W, 3) images, computed on `device` (default: the model's);
+    model in eval mode afterwards."""
     model.eval()
+    device = next(model.parameters()).device if device is None else device
     outs = [model(to_tensor(images[i:i + batch_size]).to(device)).float().cpu().numpy()
             for i in range(0, len(images), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 
-def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device | str = "cpu") -> float:
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray,
+             device: torch.device | str | None = None) -> float:
     """Top-1 accuracy in [0, 1] of `model` on uint8 (N, H, W, 3) images."""
     if len(labels) == 0:
         return float("nan")
@@ -320,6 +326,23 @@ def robustness_views(images: np.ndarray, config: TrainConfig, seed: int | None =
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for --device: "auto" is the first CUDA GPU when torch sees one, else the CPU;
+    "cuda"/"cuda:N" must exist (a clear error instead of a crash at the first batch)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(name.split(":")[1]) if ":" in name else 0
+    if index >= count:
+        got = (f"{count} CUDA device(s)" if count else
+               f"no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})")
+        raise ConfigError(expected_got("--device", f"CUDA device {index}", got,
+                                       "pass --device cpu (or auto), or install a CUDA build of torch."))
+    return torch.device(name)
 
 
 def _set_threads(config: TrainConfig) -> None:
@@ -372,14 +395,15 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sche
 
 
 def _resolved_config(config: TrainConfig, model: nn.Module, model_kwargs: dict[str, Any], train_set: Dataset,
-                     val_set: Dataset, vaccination: dict[str, Any]) -> dict[str, Any]:
+                     val_set: Dataset, vaccination: dict[str, Any], device: torch.device) -> dict[str, Any]:
     cfg = dataclasses.asdict(config)
     cfg["model_kwargs"] = dict(model_kwargs)
     cfg["resolved"] = {
         "num_classes": train_set.num_classes, "classes": list(train_set.classes), "input_size": list(train_set.size),
         "parameters": count_parameters(model), "train_images": len(train_set), "val_images": len(val_set),
         "data": train_set.report.summary(), "vaccination": vaccination, "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
     return json.loads(json.dumps(cfg, default=str))  # plain JSON types only (checkpoints load weights_only)
 

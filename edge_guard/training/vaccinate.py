@@ -78,7 +78,7 @@ def vaccinate(
     augment: bool | None = None,
     adversarial: AdversarialConfig | None = None,
     num_threads: int = 2,
-    device: str = "cpu",
+    device: str = "auto",
     subsampling: str = "420",
     backend: str = "auto",
     out_dir: str | Path = "runs/ensemble",

@@ -22,7 +22,7 @@ CODEC = {"backend": "turbojpeg", "version": "2.1.5"}
 
 
 def test_registry_lists_and_rejects() -> None:
-    assert {"compact_cnn", "resnet_small"} <= set(list_models())
+    assert {"compact_cnn", "resnet14", "resnet_small"} <= set(list_models())
     with pytest.raises(ConfigError, match="compact_cnn"):
         create_model("no_such_net", 10)
     with pytest.raises(ConfigError, match="already registered"):
@@ -31,9 +31,11 @@ def test_registry_lists_and_rejects() -> None:
         create_model("compact_cnn", 10, no_such_option=1)
     with pytest.raises(ConfigError, match="depth"):
         create_model("resnet_small", 10, depth=21)
+    # resnet14 is ResNet-14: 2 residual blocks per stage where resnet_small (ResNet-20) has 3
+    assert len(create_model("resnet14", 10).blocks) == 6 and len(create_model("resnet_small", 10).blocks) == 9
 
 
-@pytest.mark.parametrize("name", ["compact_cnn", "resnet_small"])
+@pytest.mark.parametrize("name", ["compact_cnn", "resnet14", "resnet_small"])
 def test_output_shape_and_size(name: str) -> None:
     model = create_model(name, 43).eval()
     out = model(torch.rand(5, 3, 32, 32))
@@ -41,7 +43,7 @@ def test_output_shape_and_size(name: str) -> None:
     assert 100_000 <= count_parameters(model) <= 300_000  # Raspberry-Pi-class budget
 
 
-@pytest.mark.parametrize("name", ["compact_cnn", "resnet_small"])
+@pytest.mark.parametrize("name", ["compact_cnn", "resnet14", "resnet_small"])
 def test_normalization_is_inside_the_model(name: str) -> None:
     mean, std = (0.2, 0.4, 0.6), (0.5, 0.25, 0.1)
     torch.manual_seed(0)
@@ -55,7 +57,7 @@ def test_normalization_is_inside_the_model(name: str) -> None:
     torch.testing.assert_close(model(x), plain(normalized))
 
 
-@pytest.mark.parametrize("name", ["compact_cnn", "resnet_small"])
+@pytest.mark.parametrize("name", ["compact_cnn", "resnet14", "resnet_small"])
 def test_exports_to_onnx_with_same_logits(name: str, tmp_path: Path) -> None:
     import onnxruntime as ort  # a runtime dependency, always installed
     model = create_model(name, 5, mean=(0.3, 0.3, 0.3), std=(0.2, 0.2, 0.2)).eval()

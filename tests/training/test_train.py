@@ -14,7 +14,7 @@ from edge_guard.errors import ConfigError
 from edge_guard.training.augment import AugmentConfig, augment_batch, to_tensor, to_uint8
 from edge_guard.training.data import split_by_track
 from edge_guard.training.models import load_checkpoint
-from edge_guard.training.train import TrainConfig, TrainResult, accuracy, make_batch, train
+from edge_guard.training.train import TrainConfig, TrainResult, accuracy, make_batch, resolve_device, train
 from tests.training.synthetic import make_dataset, write_gtsrb
 
 torch.set_num_threads(1)
@@ -41,6 +41,7 @@ def test_run_folder_and_metrics(run: TrainResult) -> None:
     assert metrics["train_images"] + metrics["val_images"] == 160
     cfg = json.loads((run.out_dir / "config.json").read_text())
     assert cfg["epochs"] == 6 and cfg["resolved"]["num_classes"] == 4 and len(cfg["model_kwargs"]["mean"]) == 3
+    assert cfg["device"] == "auto" and cfg["resolved"]["device"] == str(resolve_device("auto"))
     assert "epoch 6/6" in (run.out_dir / "train.log").read_text()
 
 
@@ -98,6 +99,21 @@ def test_config_is_validated() -> None:
         TrainConfig().epochs = 3  # type: ignore[misc]
 
 
+def test_device_is_validated_and_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in ("gpu", "cuda:x", "CPU", ""):
+        with pytest.raises(ConfigError, match="auto, cpu, cuda or cuda:N"):
+            TrainConfig(device=bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="no CUDA device.*--device cpu"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="CUDA device 2.*2 CUDA device"):
+        resolve_device("cuda:2")
+
+
 def test_augmentation_is_seeded_in_range_and_never_flips() -> None:
     x = to_tensor(make_dataset(n_per_class=2).images)
     a = augment_batch(x, torch.Generator().manual_seed(1))
@@ -141,3 +157,5 @@ def test_cli_train_on_tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert again.exit_code == 2 and "--resume" in again.output
     bad = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "existing directory" in bad.output
+    gpu = CliRunner().invoke(app, args[:-4] + ["--device", "gpu", "--out", str(tmp_path / "runs" / "gpu")])
+    assert gpu.exit_code == 2 and "auto, cpu, cuda or cuda:N" in gpu.output
