@@ -64,20 +64,24 @@ def _frames(rng: np.random.Generator, batch: int, size: int) -> list[np.ndarray]
 
 
 def run_bench(bundle: str | Path | None = None, config: BenchConfig = BenchConfig(), *,
-              progress: bool = True) -> dict[str, Any]:
+              compare: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Measure every variant (fused and per-member sessions when a fused graph exists) at every batch size.
 
+    compare: a second bundle, measured in its default form (fused graph if it has one) interleaved with
+    the others as variant "compare", e.g. a larger model against the shipped one.
     Returns a JSON-ready dict: bundle, config, providers, variants, results[variant][str(batch)] =
     {"stages": {stage: {p50, p90, mean}}, "images_per_s"}, and ratios: fused_over_members[str(batch)]
-    (p50 total fused / p50 total members; only with a fused graph) and defense_share[variant][str(batch)]
-    (mean defense / mean total).
+    (p50 total fused / p50 total members; only with a fused graph), compare_over_bundle[str(batch)]
+    (p50 total of "compare" / p50 total of the bundle's first variant; only with compare) and
+    defense_share[variant][str(batch)] (mean defense / mean total).
     """
     config.check()
-    guards = {"members": Guard.from_bundle(bundle, providers=list(config.providers), threads=config.threads,
-                                           use_fused=False, seed=config.seed)}
+    opts = dict(providers=list(config.providers), threads=config.threads, seed=config.seed)
+    guards = {"members": Guard.from_bundle(bundle, use_fused=False, **opts)}  # type: ignore[arg-type]
     if guards["members"].bundle.fused is not None:
-        guards = {"fused": Guard.from_bundle(bundle, providers=list(config.providers), threads=config.threads,
-                                             use_fused=True, seed=config.seed), **guards}
+        guards = {"fused": Guard.from_bundle(bundle, use_fused=True, **opts), **guards}  # type: ignore[arg-type]
+    if compare is not None:
+        guards["compare"] = Guard.from_bundle(compare, **opts)  # type: ignore[arg-type]
     rng = np.random.default_rng(config.seed)
     results: dict[str, dict[str, Any]] = {name: {} for name in guards}
     steps = len(config.batches) * len(guards) * (config.warmup + config.iterations)
@@ -100,11 +104,15 @@ def run_bench(bundle: str | Path | None = None, config: BenchConfig = BenchConfi
     ratios: dict[str, Any] = {"defense_share": {
         name: {b: r["stages"]["defense"]["mean"] / r["stages"]["total"]["mean"] for b, r in res.items()}
         for name, res in results.items()}}
+    def p50_ratio(a: str, b: str) -> dict[str, float]:
+        return {n: results[a][n]["stages"]["total"]["p50"] / results[b][n]["stages"]["total"]["p50"]
+                for n in results[b]}
+
     if "fused" in results:
-        ratios["fused_over_members"] = {
-            b: results["fused"][b]["stages"]["total"]["p50"] / results["members"][b]["stages"]["total"]["p50"]
-            for b in results["members"]}
-    first = next(iter(guards.values()))
+        ratios["fused_over_members"] = p50_ratio("fused", "members")
+    first_name, first = next(iter(guards.items()))
+    if "compare" in guards:
+        ratios["compare_over_bundle"] = p50_ratio("compare", first_name)
     d = first.bundle.defense
     return {
         "bundle": first.bundle.name,
@@ -117,4 +125,7 @@ def run_bench(bundle: str | Path | None = None, config: BenchConfig = BenchConfi
         "variants": list(guards),
         "results": results,
         "ratios": ratios,
+        "compare": None if "compare" not in guards else {
+            "bundle": guards["compare"].bundle.name, "path": str(guards["compare"].bundle.root),
+            "members": len(guards["compare"].bundle.members), "against": first_name},
     }

@@ -352,6 +352,7 @@ def bench(
     threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
     size: int = typer.Option(64, "--size", help="Side in pixels of the synthetic frames (resized to the model input)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the synthetic frames and SLQ."),
+    compare: str | None = typer.Option(None, "--compare", help="A second bundle, timed interleaved with the first (ratio printed)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the full report to this JSON file."),
 ) -> None:
     """Measure per-stage latency (p50/p90 ms) and images/s of the pipeline; fused graph vs per-member sessions.
@@ -369,7 +370,7 @@ def bench(
     config = BenchConfig(batches=tuple(parse_int_list(batch, "--batch")), iterations=iterations, warmup=warmup,
                          size=size, providers=tuple(p for p in providers.split(",") if p.strip()), threads=threads,
                          seed=seed)
-    report = run_bench(bundle, config)
+    report = run_bench(bundle, config, compare=compare)
     table = Table(title=f"{report['bundle']} on {report['providers'][0]}: p50 ms per call (p90 of total; all in --json)")
     short = {"preprocess": "prep", "inference": "infer"}
     for column in ("variant", "batch", *(short.get(s, s) for s in STAGES), "p90", "img/s"):
@@ -385,6 +386,10 @@ def bench(
         parts = [f"defense {100 * ratios['defense_share'][v][b]:.0f}% of total ({v})" for v in report["variants"]]
         if "fused_over_members" in ratios:
             parts.insert(0, f"fused/members total {ratios['fused_over_members'][b]:.2f}x")
+        if report["compare"]:
+            c = report["compare"]
+            parts.insert(0, f"compare ({c['bundle']}, {c['members']} members) / {report['bundle']} {c['against']}: "
+                            f"total p50 {ratios['compare_over_bundle'][b]:.2f}x")
         console.print(f"batch {b}: " + ", ".join(parts))
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -64,6 +64,18 @@ def test_bench_without_fused_graph_measures_members_only(bundles):
     assert report["defense"]["kind"] == "none"
 
 
+def test_bench_compares_a_second_bundle_interleaved(bundles):
+    report = run_bench(bundles["fused"], CONFIG, compare=bundles["plain"], progress=False)
+    assert report["variants"] == ["fused", "members", "compare"]
+    assert report["compare"]["path"] == str(bundles["plain"]) and report["compare"]["against"] == "fused"
+    assert report["compare"]["members"] == run_bench(bundles["plain"], CONFIG, progress=False)["members"]
+    for b in ("1", "4"):
+        _check_stats(report["results"]["compare"][b], int(b))
+        ours, theirs = (report["results"][v][b]["stages"]["total"]["p50"] for v in ("fused", "compare"))
+        assert report["ratios"]["compare_over_bundle"][b] == pytest.approx(theirs / ours)
+    assert run_bench(bundles["plain"], CONFIG, progress=False)["compare"] is None
+
+
 def test_stage_stats_percentiles():
     timings = [{s: float(v) for s in STAGES} for v in range(1, 11)]
     stats = stage_stats(timings)
@@ -86,6 +98,11 @@ def test_bench_cli_prints_table_and_writes_json(bundles, tmp_path):
     report = json.loads(out.read_text())
     assert list(report["results"]["fused"]) == ["1", "2"] and report["config"]["iterations"] == 3
     assert np.isfinite(report["ratios"]["fused_over_members"]["2"])
+    versus = CliRunner().invoke(app, ["bench", "--bundle", str(bundles["fused"]), "--compare", str(bundles["plain"]),
+                                      "--batch", "2", "--iterations", "2", "--warmup", "0", "--size", "16"])
+    assert versus.exit_code == 0, versus.output
+    words = " ".join(versus.stdout.split())  # rich wraps long lines
+    assert "compare" in words and "compare (tiny, 3 members) / tiny fused: total p50" in words
 
 
 @pytest.mark.parametrize("args", [["--batch", "1,x"], ["--iterations", "0"], ["--providers", "cpux"]])
