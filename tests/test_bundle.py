@@ -224,3 +224,23 @@ def test_default_bundle_path_is_repo_export_dir(monkeypatch):
     else:
         with pytest.raises(BundleError, match=f"No bundle is shipped at {shipped}"):
             default_bundle_path()
+
+
+COMMITTED = sorted((Path(bundle_mod.__file__).resolve().parent.parent / "export").glob("*/manifest.json"))
+
+
+@pytest.mark.parametrize("manifest", COMMITTED, ids=lambda p: p.parent.name)
+def test_committed_bundles_verify_and_classify(manifest):
+    import numpy as np
+
+    from edge_guard import Guard
+
+    bundle = load_bundle(manifest.parent)  # schema, and the sha256 of every graph
+    guard = Guard.from_bundle(manifest.parent, threads=1, seed=0)
+    images = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
+    preds = guard.classify(images)
+    assert len(preds) == 3 and len(bundle.classes) == 43
+    for p in preds:
+        assert len(p.votes) == len(bundle.members) and p.class_name == bundle.classes[p.class_id]
+        if bundle.vote == "majority":
+            assert p.votes.count(p.class_id) == max(p.votes.count(v) for v in p.votes)
