@@ -172,7 +172,7 @@ def resnet_small(num_classes: int, **kwargs: Any) -> nn.Module:
 @register_model("resnet14")
 def resnet14(num_classes: int, **kwargs: Any) -> nn.Module:
     """ResNet-14 (2 blocks per stage): ~0.17M parameters, ~27M multiply-adds per 32x32 image; on GTSRB
-    as accurate as ResNet-20 at about 3/4 of its training time."""
+    its vaccinated ensemble is within 0.1 point of ResNet-20's at about 2/3 of the training time."""
     return ResNetSmall(num_classes, **{"depth": 14, **kwargs})
 
 
