@@ -267,6 +267,7 @@ def evaluate(
     batch_size: int = typer.Option(128, "--batch-size", help="Images per attack batch."),
     seed: int = typer.Option(0, "--seed", help="Seed for PGD starts and SLQ draws."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
+    device: str = typer.Option("auto", "--device", help="Where models and attacks run: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
     backend: str = typer.Option("auto", "--backend", help="JPEG backend of the defense: auto | turbojpeg | opencv."),
     resume: bool = typer.Option(False, "--resume", help="Continue an evaluation in --out, skipping finished cells."),
 ) -> None:
@@ -288,7 +289,7 @@ def evaluate(
         adaptive_attacks=names(adaptive_attacks),
         adaptive_qualities=tuple(parse_int_list(adaptive_qualities, "--adaptive-qualities")) if adaptive_qualities else None,
         adaptive_limit=adaptive_limit, eot_samples=eot_samples, bpda_backward=bpda_backward, pgd_steps=pgd_steps,
-        cw_steps=cw_steps, cw_search_steps=cw_search_steps, batch_size=batch_size, seed=seed, threads=threads,
+        cw_steps=cw_steps, cw_search_steps=cw_search_steps, batch_size=batch_size, seed=seed, threads=threads, device=device,
         backend=backend)
     result = run_evaluation(models, out, config, data=data, resume=resume, echo=typer.echo)
     clean = {c["system"]: c for c in result.results["cells"] if c["threat"] == "clean"}

@@ -26,6 +26,8 @@ Every finished (threat, attack, eps, system) cell is appended to OUT/cells.jsonl
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import time
 import zlib
@@ -58,6 +60,7 @@ from edge_guard.training.export.evaldata import SPLITS, load_eval_data
 from edge_guard.training.export.source import RunSource, load_run
 from edge_guard.training.provenance import versions
 from edge_guard.training.report import cell_key, robustness_target, write_report
+from edge_guard.training.train import DEVICE_NAMES, is_device_name, resolve_device
 
 EPS_ATTACKS = ("fgsm", "pgd")  # Linf budget: one cell per eps
 CELLS_FILE = "cells.jsonl"
@@ -89,6 +92,7 @@ class EvalConfig:
     batch_size: int = 128
     seed: int = 0
     threads: int = 2  # torch CPU threads (0: leave torch's default)
+    device: str = "auto"  # where models and attacks run: "auto" (CUDA when torch sees it) | "cpu" | "cuda[:N]"
     backend: str = "auto"  # JPEG backend of the defense
 
     def __post_init__(self) -> None:
@@ -112,6 +116,8 @@ class EvalConfig:
             raise ConfigError(expected_got("--split", " or ".join(SPLITS), repr(self.split)))
         if self.roi not in (None, "auto", "crop", "none"):
             raise ConfigError(expected_got("--roi", "auto, crop or none", repr(self.roi)))
+        if not is_device_name(self.device):
+            raise ConfigError(expected_got("--device", DEVICE_NAMES, repr(self.device)))
         if self.bpda_backward not in ("identity", "diffjpeg"):
             raise ConfigError(expected_got("--bpda-backward", "'identity' or 'diffjpeg'", repr(self.bpda_backward)))
         jpeg.resolve_backend(self.backend)  # CodecError if unavailable
@@ -152,13 +158,13 @@ def evaluate(models: str | Path | RunSource, out_dir: str | Path, config: EvalCo
     say = echo or (lambda _msg: None)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    run = models if isinstance(models, RunSource) else load_run(models)
-    _base(run)
+    run = on_device(models if isinstance(models, RunSource) else load_run(models), resolve_device(config.device))
+    device = next(_base(run).parameters()).device
     evaldata = load_eval_data(run, data, limit=config.limit, calibration=0, split=config.split, roi=config.roi)
     if not evaldata.available:
         raise ConfigError(expected_got("evaluation data", "a dataset folder", "none", "Pass --data PATH."))
-    x = torch.from_numpy(np.ascontiguousarray(evaldata.images.transpose(0, 3, 1, 2))).float() / 255
-    y = torch.from_numpy(np.asarray(evaldata.labels, dtype=np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(evaldata.images.transpose(0, 3, 1, 2))).to(device).float() / 255
+    y = torch.from_numpy(np.asarray(evaldata.labels, dtype=np.int64)).to(device)
     out = Path(out_dir)
     store = CellStore(out, _fingerprint(models, evaldata.info, config), resume)
     systems = system_list(run, config)
@@ -207,6 +213,18 @@ def adaptive_systems(systems: Sequence[System], config: EvalConfig, run: RunSour
     return [s for s in systems if s.kind != "jpeg" or s.quality in keep]
 
 
+def on_device(run: RunSource, device: torch.device) -> RunSource:
+    """The run with its base and members on `device`, where the attacks then run (the JPEG codec stays on
+    the CPU, through BPDA). Models elsewhere are copied, so a caller's RunSource is left as it was."""
+    device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as the parameters report it
+
+    def move(model: nn.Module) -> nn.Module:
+        return model if next(model.parameters()).device == device else copy.deepcopy(model).to(device)
+
+    return dataclasses.replace(run, base=move(_base(run)),
+                               members=tuple(dataclasses.replace(m, model=move(m.model)) for m in run.members))
+
+
 def _base(run: RunSource) -> nn.Module:
     if run.base is None:
         raise ConfigError(expected_got("models", "an ensemble folder whose ensemble.json names a base model",
@@ -222,8 +240,14 @@ class Quantize8(nn.Module):
 
 
 def build_system(system: System, run: RunSource, config: EvalConfig, seed: int, *, attack: bool) -> nn.Module:
-    """The torch module for `system`. attack=True: the attacker's target (BPDA gradients, EOT over SLQ
-    draws); attack=False: the deployed system (one SLQ draw per call). SLQ draws are seeded with `seed`."""
+    """The torch module for `system`, on the models' device. attack=True: the attacker's target (BPDA
+    gradients, EOT over SLQ draws); attack=False: the deployed system (one SLQ draw per call). SLQ draws
+    are seeded with `seed`."""
+    device = next(_base(run).parameters()).device
+    return _assemble(system, run, config, seed, attack=attack).to(device)  # the defenses' DiffJPEG tables
+
+
+def _assemble(system: System, run: RunSource, config: EvalConfig, seed: int, *, attack: bool) -> nn.Module:
     base = _base(run)
     rng = np.random.default_rng(seed)
     opts = {"subsampling": run.subsampling, "backend": config.backend,

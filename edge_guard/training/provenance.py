@@ -25,6 +25,9 @@ def versions(extra: Sequence[str] = (), *, with_platform: bool = False) -> dict[
             out[key] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
+    torch = sys.modules.get("torch")
+    if torch is not None:  # with its build tag (+cpu, +cu130), which a distribution's metadata may leave out
+        out["torch"] = str(torch.__version__)
     out["edge_guard"] = __version__
     try:
         info = jpeg.codec_info()

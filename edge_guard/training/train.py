@@ -40,6 +40,7 @@ from edge_guard.training.models import count_parameters, create_model
 # fn(images uint8 (N, H, W, 3), rng) -> uint8 (N, H, W, 3).
 BatchTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 EVAL_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"  # --device values; see resolve_device
 SLQ_QUALITIES = (20, 40, 60, 80)
 
 
@@ -91,8 +92,7 @@ class TrainConfig:
             (0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction),
             (self.size >= 8, "size", ">= 8", self.size),
             (self.num_threads >= 0, "num_threads", ">= 0", self.num_threads),
-            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)) is not None, "device",
-             "auto, cpu, cuda or cuda:N", self.device),
+            (is_device_name(self.device), "device", DEVICE_NAMES, self.device),
             (all(1 <= q <= 100 for q in self.eval_qualities + self.slq_qualities), "JPEG qualities", "1..100",
              self.eval_qualities + self.slq_qualities),
         ]
@@ -326,6 +326,11 @@ def robustness_views(images: np.ndarray, config: TrainConfig, seed: int | None =
 
 # ---------------------------------------------------------------------------------------------
 # helpers
+
+
+def is_device_name(name: object) -> bool:
+    """Whether `name` is a --device value (DEVICE_NAMES); resolve_device checks that it exists."""
+    return isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name) is not None
 
 
 def resolve_device(name: str) -> torch.device:

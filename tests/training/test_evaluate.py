@@ -24,7 +24,7 @@ from edge_guard.errors import ConfigError, DataError
 from edge_guard.training import evaluate as ev
 from edge_guard.training.attacks import EOT, BPDAJPEG, DefendedModel
 from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, save_checkpoint
-from edge_guard.training.evaluate import EvalConfig, evaluate, robustness_target
+from edge_guard.training.evaluate import EvalConfig, evaluate, on_device, robustness_target
 from edge_guard.training.export.evaldata import load_eval_data
 from edge_guard.training.export.source import load_run
 from edge_guard.training.models import create_model, load_checkpoint
@@ -197,7 +197,7 @@ def test_graybox_images_are_crafted_on_the_base_only(world, tmp_path, monkeypatc
     for _, model in spy.calls:
         assert not isinstance(model, (DefendedModel, EOT))
         state = model.state_dict()
-        assert all(torch.equal(state[k], v) for k, v in base_state.items())
+        assert all(torch.equal(state[k].cpu(), v) for k, v in base_state.items())
     # adaptive targets are the defended systems themselves: BPDA JPEG for base+JPEG, EOT for the SLQ ensemble
     spy.calls.clear()
     cfg = EvalConfig(**{**SMALL, "attacks": ("fgsm",), "eps": (8,), "adaptive_attacks": ("fgsm",)})
@@ -286,9 +286,19 @@ def test_clean_accuracy_on_the_official_test_split(world, tmp_path) -> None:
         evaluate(world["ens"], tmp_path / "out2", cfg, data=world["data"], progress=False)
 
 
+def test_on_device_moves_copies_and_leaves_the_callers_run(world) -> None:
+    run = load_run(world["ens"])
+    same = on_device(run, torch.device("cpu"))
+    assert same.base is run.base and all(a.model is b.model for a, b in zip(same.members, run.members))
+    moved = on_device(run, torch.device("meta"))  # any other device: copies, on that device
+    for new, old in [(moved.base, run.base)] + [(a.model, b.model) for a, b in zip(moved.members, run.members)]:
+        assert new is not old and next(new.parameters()).is_meta and not next(old.parameters()).is_meta
+    assert [m.name for m in moved.members] == [m.name for m in run.members] and moved.classes == run.classes
+
+
 def test_config_rejects_bad_options() -> None:
     for bad in ({"attacks": ("fgsm", "nope")}, {"eps": (0,)}, {"qualities": (101,)}, {"eot_samples": 0},
-                {"bpda_backward": "exact"}, {"limit": -1}, {"split": "train"}, {"roi": "tight"}):
+                {"bpda_backward": "exact"}, {"limit": -1}, {"split": "train"}, {"roi": "tight"}, {"device": "gpu"}):
         with pytest.raises(ConfigError):
             EvalConfig(**bad)
 
