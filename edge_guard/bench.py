@@ -104,6 +104,7 @@ def run_bench(bundle: str | Path | None = None, config: BenchConfig = BenchConfi
     ratios: dict[str, Any] = {"defense_share": {
         name: {b: r["stages"]["defense"]["mean"] / r["stages"]["total"]["mean"] for b, r in res.items()}
         for name, res in results.items()}}
+
     def p50_ratio(a: str, b: str) -> dict[str, float]:
         return {n: results[a][n]["stages"]["total"]["p50"] / results[b][n]["stages"]["total"]["p50"]
                 for n in results[b]}
