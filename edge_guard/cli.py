@@ -168,6 +168,8 @@ def train(
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
     device: str = typer.Option("auto", "--device", help="Where torch trains: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Small affine + brightness/contrast jitter (no flips)."),
+    jpeg_augment: str = typer.Option("", "--jpeg-augment", help="JPEG qualities, e.g. 40,60,80,90: round-trip each training image at one of them (with --jpeg-p), so members start from a JPEG-aware base. Empty: off."),
+    jpeg_p: float = typer.Option(0.5, "--jpeg-p", help="Share of training images JPEG-augmented (with --jpeg-augment)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
 ) -> None:
@@ -181,7 +183,9 @@ def train(
 
     config = TrainConfig(data=data, model=model, epochs=epochs, out_dir=out, resume=resume, seed=seed, limit=limit,
                          batch_size=batch_size, lr=lr, val_fraction=val_fraction, num_threads=threads,
-                         device=device, augment=augment, skip_bad=skip_bad)
+                         device=device, augment=augment, skip_bad=skip_bad,
+                         jpeg_augment=tuple(parse_int_list(jpeg_augment, "--jpeg-augment")),
+                         jpeg_p=jpeg_p)
     dataset = load_dataset(data, "train", config.size, skip_bad=skip_bad, limit=limit, seed=seed, cache_dir=cache_dir)
     typer.echo(dataset.report.summary())
     result = train_model(config, dataset, echo=typer.echo)
@@ -207,6 +211,7 @@ def vaccinate(
     backend: str = typer.Option("auto", "--backend", help="JPEG backend, as at runtime: auto | turbojpeg | opencv."),
     adversarial_eps: int = typer.Option(0, "--adversarial-eps", help="Also train on FGSM images (random start) made against each member through its JPEG, budget in 1/255 units; 0: off."),
     adversarial_fraction: float = typer.Option(0.5, "--adversarial-fraction", help="Share of each batch made adversarial (with --adversarial-eps)."),
+    eval_qualities: str = typer.Option("10,20,30,40,50,60,70,80,90", "--eval-qualities", help="JPEG qualities each member is measured at after training; none: only clean, its own quality and SLQ (faster)."),
     resume: bool = typer.Option(False, "--resume", help="Continue interrupted member runs from their last.pt."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
 ) -> None:
@@ -234,7 +239,8 @@ def vaccinate(
     result = vaccinate_members(
         base, data=folder, dataset=dataset, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
         epochs=epochs, lr=lr, adversarial=adversarial, num_threads=threads, device=device, subsampling=subsampling,
-        backend=backend, out_dir=out, resume=resume, echo=typer.echo)
+        backend=backend, out_dir=out, resume=resume, echo=typer.echo,
+        eval_qualities=() if eval_qualities.strip().lower() == "none" else parse_int_list(eval_qualities, "--eval-qualities"))
     m = result.metrics
     for name, member in m["members"].items():
         typer.echo(f"  {name:>4}: {100 * member['val_accuracy']:.2f}% on {member['preprocessing']}")

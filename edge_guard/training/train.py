@@ -76,6 +76,11 @@ class TrainConfig:
     resume: bool = False
     eval_qualities: tuple[int, ...] = EVAL_QUALITIES
     slq_qualities: tuple[int, ...] = SLQ_QUALITIES
+    # JPEG augmentation of the base: each training image is round-tripped with probability jpeg_p at a
+    # quality drawn from jpeg_augment (empty: off), so the base already knows block artifacts and the
+    # vaccinated members start close to their optimum (see jpeg_augment_transform)
+    jpeg_augment: tuple[int, ...] = ()
+    jpeg_p: float = 0.5
     subsampling: str = "420"
     backend: str = "auto"
     channels_last: bool = True  # ~2x faster convolutions on CPU
@@ -95,6 +100,9 @@ class TrainConfig:
             (is_device_name(self.device), "device", DEVICE_NAMES, self.device),
             (all(1 <= q <= 100 for q in self.eval_qualities + self.slq_qualities), "JPEG qualities", "1..100",
              self.eval_qualities + self.slq_qualities),
+            (all(1 <= q <= 100 for q in self.jpeg_augment), "jpeg_augment", "JPEG qualities in 1..100",
+             self.jpeg_augment),
+            (0 <= self.jpeg_p <= 1, "jpeg_p", "in [0, 1]", self.jpeg_p),
         ]
         for ok, what, expected, got in checks:
             if not ok:
@@ -156,9 +164,31 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *, progress: bool
     model = create_model(config.model, train_set.num_classes, **model_kwargs)
     views = robustness_views(val_set.images, config)
     codec = _codec_info(config)
+    transform = (jpeg_augment_transform(config.jpeg_augment, config.jpeg_p, config.subsampling, config.backend)
+                 if config.jpeg_augment and config.jpeg_p > 0 else None)
     return fit(model, train_set, val_set, config, model_kwargs=model_kwargs,
                vaccination=make_vaccination("none", None, None, codec, config.subsampling),
-               val_view="clean", views=views, progress=progress, echo=echo, on_epoch_end=on_epoch_end)
+               val_view="clean", views=views, train_transform=transform, progress=progress, echo=echo,
+               on_epoch_end=on_epoch_end)
+
+
+def jpeg_augment_transform(qualities: tuple[int, ...], p: float, subsampling: str = "420",
+                           backend: str = "auto") -> BatchTransform:
+    """A BatchTransform that JPEG round-trips each image with probability p at a quality drawn uniformly
+    from `qualities` (the runtime codec and settings); the other images pass unchanged. uint8 NHWC in/out."""
+    choices = np.asarray(sorted(set(int(q) for q in qualities)))
+
+    def transform(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        picked = rng.integers(len(choices), size=len(images))
+        hit = rng.random(len(images)) < p
+        out = images.copy()
+        for i, q in enumerate(choices):
+            idx = np.flatnonzero(hit & (picked == i))
+            if len(idx):
+                out[idx] = jpeg.roundtrip(images[idx], int(q), subsampling=subsampling, backend=backend)
+        return out
+
+    return transform
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -231,8 +261,9 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     metrics = _final_metrics(best_path, model, val_set, views, val_view, state, config, device)
     metrics.update(train_images=len(train_set), seconds=round(time.perf_counter() - t_start, 1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    jpeg_accs = " ".join(f"q{q}={a:.3f}" for q, a in metrics["jpeg"].items())
     log(f"best val acc {metrics['val_accuracy']:.4f} ({val_view}); clean {metrics['clean']:.4f}, "
-        f"jpeg " + " ".join(f"q{q}={a:.3f}" for q, a in metrics["jpeg"].items()) + f", slq {metrics['slq']:.4f}")
+        + (f"jpeg {jpeg_accs}, " if jpeg_accs else "") + f"slq {metrics['slq']:.4f}")
     return TrainResult(out, best_path, last_path, metrics, config.epochs)
 
 
@@ -314,9 +345,9 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 
 def robustness_views(images: np.ndarray, config: TrainConfig, seed: int | None = None) -> dict[str, np.ndarray]:
     """The validation images as the defenses see them: "clean", "jpeg_<q>" for q in config.eval_qualities
-    and in config.slq_qualities, and "slq" (one seeded SLQ draw). All uint8 (N, H, W, 3)."""
+    and "slq" (one seeded SLQ draw over config.slq_qualities). All uint8 (N, H, W, 3)."""
     views = {"clean": images}
-    for q in sorted(set(config.eval_qualities) | set(config.slq_qualities)):
+    for q in sorted(set(config.eval_qualities)):
         views[f"jpeg_{q}"] = jpeg.roundtrip(images, q, subsampling=config.subsampling, backend=config.backend)
     rng = np.random.default_rng([config.seed if seed is None else seed, 1_000_003])
     views["slq"] = jpeg.slq(images, tuple(config.slq_qualities), rng=rng, subsampling=config.subsampling,
@@ -418,7 +449,8 @@ def _final_metrics(best_path: Path, model: nn.Module, val_set: Dataset, views: d
     """Reload the best weights, measure val accuracy clean, per JPEG quality and under SLQ; store in best.pt."""
     ckpt = read_checkpoint(best_path)
     model.load_state_dict(ckpt["model"])
-    acc = {name: round(accuracy(model, imgs, val_set.labels, device=device), 5) for name, imgs in views.items()}
+    names = {"clean", val_view, "slq", *(f"jpeg_{q}" for q in config.eval_qualities)}
+    acc = {name: round(accuracy(model, views[name], val_set.labels, device=device), 5) for name in sorted(names)}
     metrics = {
         "val_accuracy": acc[val_view], "val_preprocessing": val_view, "best_epoch": int(ckpt["epoch"]),
         "epochs": config.epochs, "clean": acc["clean"],

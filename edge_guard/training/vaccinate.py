@@ -72,6 +72,7 @@ def vaccinate(
     qualities: Sequence[int] = (20, 40, 60, 80),
     slq: bool = True,
     slq_qualities: Sequence[int] = SLQ_QUALITIES,
+    eval_qualities: Sequence[int] | None = None,
     epochs: int = 3,
     batch_size: int | None = None,
     lr: float = 3e-3,
@@ -90,7 +91,8 @@ def vaccinate(
 
     data: dataset folder (default: the one the base was trained on); dataset: an already loaded
     Dataset instead. Members train `epochs` epochs with a cosine schedule from `lr` (fine-tuning).
-    batch_size/augment default to the base run's. adversarial: also train on adversarial images made
+    batch_size/augment default to the base run's. eval_qualities: the JPEG qualities each member is
+    measured at after training (default: the base run's grid; () measures only clean, its own and SLQ). adversarial: also train on adversarial images made
     against each member through its own defense (see edge_guard.training.adversarial).
     Returns a VaccinateResult (see module docstring).
     """
@@ -104,8 +106,9 @@ def vaccinate(
     cfg = dataclasses.replace(
         base_cfg, data=str(data) if data is not None else base_cfg.data, epochs=epochs, lr=lr, schedule="cosine",
         batch_size=batch_size or base_cfg.batch_size, augment=base_cfg.augment if augment is None else augment,
-        num_threads=num_threads, device=device, subsampling=subsampling, backend=backend,
-        slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume, out_dir=str(out_dir))
+        num_threads=num_threads, device=device, subsampling=subsampling, backend=backend, jpeg_augment=(),
+        slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume, out_dir=str(out_dir),
+        eval_qualities=base_cfg.eval_qualities if eval_qualities is None else tuple(int(q) for q in eval_qualities))
     train_set, val_set = _member_data(cfg, dataset, base)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from edge_guard.cli import app
 from edge_guard.errors import ConfigError
 from edge_guard.training.data import Dataset, split_by_track
 from edge_guard.training.models import load_checkpoint
-from edge_guard.training.train import TrainConfig, TrainResult, accuracy, train
+from edge_guard.training.train import TrainConfig, TrainResult, accuracy, jpeg_augment_transform, train
 from edge_guard.training.vaccinate import VaccinateResult, _transform, majority_vote, vaccinate
 from tests.training.synthetic import make_dataset, write_gtsrb
 
@@ -61,6 +61,44 @@ def test_vaccinated_member_beats_base_on_jpeg_inputs(base: TrainResult, ensemble
     _, val = split_by_track(data, 0.2, 0)
     own = accuracy(member, jpeg.roundtrip(val.images, Q), val.labels)
     assert ensemble.metrics["members"][f"q{Q}"]["val_accuracy"] == pytest.approx(own, abs=1e-4)
+
+
+def test_jpeg_augmented_base_is_better_on_jpeg_inputs(base: TrainResult, data: Dataset, tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=6, batch_size=8, lr=3e-3, augment=False, num_threads=1, out_dir=str(tmp_path / "jb"),
+                      eval_qualities=(Q, 50), slq_qualities=(20, 40, 60, 80), jpeg_augment=(Q,), jpeg_p=0.5)
+    augmented = train(cfg, data, progress=False)
+    assert json.loads((tmp_path / "jb" / "config.json").read_text())["jpeg_augment"] == [Q]
+    test = make_dataset(n_per_class=100, seed=99)
+    compressed = jpeg.roundtrip(test.images, Q)
+    plain_model, _ = load_checkpoint(base.best_checkpoint)
+    augmented_model, _ = load_checkpoint(augmented.best_checkpoint)
+    plain_acc = accuracy(plain_model, compressed, test.labels)
+    augmented_acc = accuracy(augmented_model, compressed, test.labels)
+    assert augmented_acc >= plain_acc + 0.05, (augmented_acc, plain_acc)
+    # members fine-tuned from it do not inherit the augmentation: their JPEG step is their own
+    members = vaccinate(augmented.best_checkpoint, dataset=data, qualities=(50,), slq=False, epochs=1,
+                        num_threads=1, out_dir=tmp_path / "ens", eval_qualities=(), progress=False)
+    member_cfg = json.loads((tmp_path / "ens" / "q50" / "config.json").read_text())
+    assert member_cfg["jpeg_augment"] == [] and member_cfg["eval_qualities"] == []
+    member_metrics = json.loads((tmp_path / "ens" / "q50" / "metrics.json").read_text())
+    assert member_metrics["jpeg"] == {} and member_metrics["val_preprocessing"] == "jpeg_50"
+    assert member_metrics["val_accuracy"] == members.metrics["members"]["q50"]["val_accuracy"]
+
+
+def test_jpeg_augment_transform_mixes_runtime_jpeg_and_clean() -> None:
+    x = make_dataset(n_per_class=50).images  # 200 images
+    np.testing.assert_array_equal(jpeg_augment_transform((30,), 1.0)(x, np.random.default_rng(0)),
+                                  jpeg.roundtrip(x, 30))
+    np.testing.assert_array_equal(jpeg_augment_transform((30,), 0.0)(x, np.random.default_rng(0)), x)
+    out = jpeg_augment_transform((20, 90), 0.5)(x, np.random.default_rng(1))
+    kinds = [next((name for name, ref in (("clean", x), ("q20", jpeg.roundtrip(x, 20)), ("q90", jpeg.roundtrip(x, 90)))
+                   if np.array_equal(out[i], ref[i])), "other") for i in range(len(x))]
+    counts = {k: kinds.count(k) for k in ("clean", "q20", "q90", "other")}
+    assert counts["other"] == 0 and 70 < counts["clean"] < 130 and counts["q20"] > 25 and counts["q90"] > 25, counts
+    with pytest.raises(ConfigError, match="jpeg_p"):
+        TrainConfig(jpeg_augment=(40,), jpeg_p=1.5)
+    with pytest.raises(ConfigError, match="jpeg_augment"):
+        TrainConfig(jpeg_augment=(0,))
 
 
 def test_ensemble_folder_follows_the_contract(ensemble: VaccinateResult, base: TrainResult) -> None:
