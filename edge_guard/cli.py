@@ -168,7 +168,7 @@ def train(
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
     device: str = typer.Option("auto", "--device", help="Where torch trains: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Small affine + brightness/contrast jitter (no flips)."),
-    jpeg_augment: str = typer.Option("", "--jpeg-augment", help="JPEG qualities, e.g. 40,60,80,90: round-trip each training image at one of them (with --jpeg-p), so members start from a JPEG-aware base. Empty: off."),
+    jpeg_augment: str = typer.Option("", "--jpeg-augment", help="JPEG qualities, e.g. 40,60,80,90: round-trip training images at one of them (share: --jpeg-p) for a base that reads compressed frames. It weakens the vaccinated ensemble's gray-box defense (see README). Empty: off."),
     jpeg_p: float = typer.Option(0.5, "--jpeg-p", help="Share of training images JPEG-augmented (with --jpeg-augment)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
@@ -226,6 +226,7 @@ def vaccinate(
 
     adversarial = (AdversarialConfig(eps=adversarial_eps / 255, fraction=adversarial_fraction)
                    if adversarial_eps else None)
+    measured_at = [] if eval_qualities.strip().lower() == "none" else parse_int_list(eval_qualities, "--eval-qualities")
 
     run = read_checkpoint(base)["run_config"]
     folder = data or run.get("data")
@@ -239,8 +240,7 @@ def vaccinate(
     result = vaccinate_members(
         base, data=folder, dataset=dataset, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
         epochs=epochs, lr=lr, adversarial=adversarial, num_threads=threads, device=device, subsampling=subsampling,
-        backend=backend, out_dir=out, resume=resume, echo=typer.echo,
-        eval_qualities=() if eval_qualities.strip().lower() == "none" else parse_int_list(eval_qualities, "--eval-qualities"))
+        backend=backend, out_dir=out, resume=resume, echo=typer.echo, eval_qualities=measured_at)
     m = result.metrics
     for name, member in m["members"].items():
         typer.echo(f"  {name:>4}: {100 * member['val_accuracy']:.2f}% on {member['preprocessing']}")

@@ -77,8 +77,9 @@ class TrainConfig:
     eval_qualities: tuple[int, ...] = EVAL_QUALITIES
     slq_qualities: tuple[int, ...] = SLQ_QUALITIES
     # JPEG augmentation of the base: each training image is round-tripped with probability jpeg_p at a
-    # quality drawn from jpeg_augment (empty: off), so the base already knows block artifacts and the
-    # vaccinated members start close to their optimum (see jpeg_augment_transform)
+    # quality drawn from jpeg_augment (empty: off). The base then reads JPEG nearly as well as vaccinated
+    # members do, but perturbations crafted on it survive JPEG, so members fine-tuned from it lose most
+    # of the gray-box defense (README, "Train and vaccinate"); off for bases meant to be vaccinated.
     jpeg_augment: tuple[int, ...] = ()
     jpeg_p: float = 0.5
     subsampling: str = "420"
@@ -409,7 +410,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, steps: int) -> tuple[
 
 # run-config keys that must match for --resume (they shape the schedule, the split or the model)
 _RESUME_KEYS = ("model", "epochs", "batch_size", "lr", "optimizer", "schedule", "seed", "val_fraction", "limit",
-                "size")
+                "size", "jpeg_augment", "jpeg_p")
 _RESUME_VACCINATION = ("kind", "quality", "qualities", "subsampling", "adversarial")
 
 
@@ -417,7 +418,9 @@ def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sche
             config: TrainConfig, vaccination: dict[str, Any], log: RunLog) -> dict[str, Any]:
     ckpt = read_checkpoint(path)
     old = ckpt["run_config"]
-    diff = {k: (old.get(k), getattr(config, k)) for k in _RESUME_KEYS if old.get(k) != getattr(config, k)}
+    # compared as JSON (tuples are lists there); a key an older run lacks counts as its default
+    now, default = ({k: json.loads(json.dumps(getattr(c, k))) for k in _RESUME_KEYS} for c in (config, TrainConfig()))
+    diff = {k: (old.get(k, default[k]), now[k]) for k in _RESUME_KEYS if old.get(k, default[k]) != now[k]}
     diff.update({f"vaccination.{k}": (ckpt["vaccination"].get(k), vaccination.get(k)) for k in _RESUME_VACCINATION
                  if ckpt["vaccination"].get(k) != vaccination.get(k)})
     if diff:

@@ -92,8 +92,9 @@ def vaccinate(
     data: dataset folder (default: the one the base was trained on); dataset: an already loaded
     Dataset instead. Members train `epochs` epochs with a cosine schedule from `lr` (fine-tuning).
     batch_size/augment default to the base run's. eval_qualities: the JPEG qualities each member is
-    measured at after training (default: the base run's grid; () measures only clean, its own and SLQ). adversarial: also train on adversarial images made
-    against each member through its own defense (see edge_guard.training.adversarial).
+    measured at after training (default: the base run's grid; () measures only clean, its own quality
+    and SLQ). adversarial: also train on adversarial images made against each member through its own
+    defense (see edge_guard.training.adversarial).
     Returns a VaccinateResult (see module docstring).
     """
     qualities = sorted({int(q) for q in qualities})

@@ -78,6 +78,8 @@ def test_resume_continues_from_the_saved_epoch(run: TrainResult, tmp_path: Path)
         train(config(tmp_path / "r"), data, progress=False)
     with pytest.raises(ConfigError, match="epochs: 6 -> 7"):
         train(config(tmp_path / "r", epochs=7, resume=True), data, progress=False)
+    with pytest.raises(ConfigError, match=r"jpeg_augment: \[\] -> \[50\]"):
+        train(config(tmp_path / "r", jpeg_augment=(50,), resume=True), data, progress=False)
     epochs_run = []
     resumed = train(config(tmp_path / "r", resume=True), data, progress=False,
                     on_epoch_end=lambda e, r: epochs_run.append(e))
@@ -147,9 +149,10 @@ def test_cli_train_on_tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     write_gtsrb(tmp_path / "g", n_classes=3, tracks=3, per_track=4)
     out = tmp_path / "runs" / "base"
     args = ["train", "--data", str(tmp_path / "g"), "--epochs", "1", "--batch-size", "8", "--out", str(out),
-            "--threads", "1", "--limit", "30"]
+            "--threads", "1", "--jpeg-augment", "50,90", "--limit", "30"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["jpeg_augment"] == [50, 90]
     assert "val accuracy" in result.output and str(out / "best.pt") in result.output
     assert "kept 30 of 36" in result.output
     assert (out / "best.pt").is_file() and (tmp_path / "cache").is_dir()
@@ -157,5 +160,7 @@ def test_cli_train_on_tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert again.exit_code == 2 and "--resume" in again.output
     bad = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nothing")])
     assert bad.exit_code == 2 and "existing directory" in bad.output
-    gpu = CliRunner().invoke(app, args[:-4] + ["--device", "gpu", "--out", str(tmp_path / "runs" / "gpu")])
+    typo = CliRunner().invoke(app, args[:-2] + ["--jpeg-augment", "50;90", "--out", str(tmp_path / "runs" / "t")])
+    assert typo.exit_code == 2 and "--jpeg-augment" in typo.output and "comma-separated" in typo.output
+    gpu = CliRunner().invoke(app, args[:-6] + ["--device", "gpu", "--out", str(tmp_path / "runs" / "gpu")])
     assert gpu.exit_code == 2 and "auto, cpu, cuda or cuda:N" in gpu.output

@@ -163,9 +163,10 @@ def test_cli_vaccinate(base: TrainResult, tmp_path: Path, monkeypatch: pytest.Mo
     out = tmp_path / "ens"
     result = CliRunner().invoke(app, ["vaccinate", "--base", str(base.best_checkpoint), "--data", str(tmp_path / "g"),
                                       "--qualities", "50", "--no-slq", "--epochs", "1", "--threads", "1",
-                                      "--out", str(out)])
+                                      "--eval-qualities", "none", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "q50" in result.output and "ensemble majority vote" in result.output
+    assert json.loads((out / "q50" / "metrics.json").read_text())["jpeg"] == {}
     assert [m["name"] for m in json.loads((out / "ensemble.json").read_text())["members"]] == ["q50"]
     bad = CliRunner().invoke(app, ["vaccinate", "--base", str(tmp_path / "none.pt")])
     assert bad.exit_code == 2 and "none.pt" in bad.output
