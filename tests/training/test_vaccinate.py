@@ -74,7 +74,7 @@ def test_jpeg_augmented_base_is_better_on_jpeg_inputs(base: TrainResult, data: D
     augmented_model, _ = load_checkpoint(augmented.best_checkpoint)
     plain_acc = accuracy(plain_model, compressed, test.labels)
     augmented_acc = accuracy(augmented_model, compressed, test.labels)
-    assert augmented_acc >= plain_acc + 0.05, (augmented_acc, plain_acc)
+    assert augmented_acc >= plain_acc + 0.05, (augmented_acc, plain_acc)  # seed 0: 0.71 vs 0.60
     # members fine-tuned from it do not inherit the augmentation: their JPEG step is their own
     members = vaccinate(augmented.best_checkpoint, dataset=data, qualities=(50,), slq=False, epochs=1,
                         num_threads=1, out_dir=tmp_path / "ens", eval_qualities=(), progress=False)
