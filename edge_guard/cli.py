@@ -85,6 +85,15 @@ def parse_int_list(text: str, what: str) -> list[int]:
         raise ConfigError(expected_got(what, "comma-separated integers like 20,40,60", repr(text))) from None
 
 
+def parse_qualities_or_none(text: str, what: str) -> list[int]:
+    """Parse '20,40' like parse_int_list; 'none' gives []."""
+    return [] if text.strip().lower() == "none" else parse_int_list(text, what)
+
+
+EVAL_QUALITIES_HELP = ("JPEG qualities the final weights are measured at; none: only clean, the run's own "
+                       "preprocessing and SLQ (faster).")
+
+
 @app.command()
 @friendly_errors
 def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
@@ -170,6 +179,7 @@ def train(
     augment: bool = typer.Option(True, "--augment/--no-augment", help="Small affine + brightness/contrast jitter (no flips)."),
     jpeg_augment: str = typer.Option("", "--jpeg-augment", help="JPEG qualities, e.g. 40,60,80,90: round-trip training images at one of them (share: --jpeg-p) for a base that reads compressed frames. It weakens the vaccinated ensemble's gray-box defense (see README). Empty: off."),
     jpeg_p: float = typer.Option(0.5, "--jpeg-p", help="Share of training images JPEG-augmented (with --jpeg-augment)."),
+    eval_qualities: str = typer.Option("10,20,30,40,50,60,70,80,90", "--eval-qualities", help=EVAL_QUALITIES_HELP),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
 ) -> None:
@@ -185,13 +195,14 @@ def train(
                          batch_size=batch_size, lr=lr, val_fraction=val_fraction, num_threads=threads,
                          device=device, augment=augment, skip_bad=skip_bad,
                          jpeg_augment=tuple(parse_int_list(jpeg_augment, "--jpeg-augment")),
-                         jpeg_p=jpeg_p)
+                         jpeg_p=jpeg_p, eval_qualities=tuple(parse_qualities_or_none(eval_qualities, "--eval-qualities")))
     dataset = load_dataset(data, "train", config.size, skip_bad=skip_bad, limit=limit, seed=seed, cache_dir=cache_dir)
     typer.echo(dataset.report.summary())
     result = train_model(config, dataset, echo=typer.echo)
     m = result.metrics
-    typer.echo(f"val accuracy {100 * m['clean']:.2f}% clean, "
-               + ", ".join(f"q{q} {100 * a:.1f}%" for q, a in m["jpeg"].items()) + f", SLQ {100 * m['slq']:.2f}%")
+    parts = [f"{100 * m['clean']:.2f}% clean", *(f"q{q} {100 * a:.1f}%" for q, a in m["jpeg"].items()),
+             f"SLQ {100 * m['slq']:.2f}%"]
+    typer.echo("val accuracy " + ", ".join(parts))
     typer.echo(f"wrote {result.best_checkpoint}, {result.out_dir / 'metrics.json'}")
 
 
@@ -211,7 +222,7 @@ def vaccinate(
     backend: str = typer.Option("auto", "--backend", help="JPEG backend, as at runtime: auto | turbojpeg | opencv."),
     adversarial_eps: int = typer.Option(0, "--adversarial-eps", help="Also train on FGSM images (random start) made against each member through its JPEG, budget in 1/255 units; 0: off."),
     adversarial_fraction: float = typer.Option(0.5, "--adversarial-fraction", help="Share of each batch made adversarial (with --adversarial-eps)."),
-    eval_qualities: str = typer.Option("10,20,30,40,50,60,70,80,90", "--eval-qualities", help="JPEG qualities each member is measured at after training; none: only clean, its own quality and SLQ (faster)."),
+    eval_qualities: str | None = typer.Option(None, "--eval-qualities", help=EVAL_QUALITIES_HELP + " Default: the base run's."),
     resume: bool = typer.Option(False, "--resume", help="Continue interrupted member runs from their last.pt."),
     cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
 ) -> None:
@@ -226,7 +237,7 @@ def vaccinate(
 
     adversarial = (AdversarialConfig(eps=adversarial_eps / 255, fraction=adversarial_fraction)
                    if adversarial_eps else None)
-    measured_at = [] if eval_qualities.strip().lower() == "none" else parse_int_list(eval_qualities, "--eval-qualities")
+    measured_at = None if eval_qualities is None else parse_qualities_or_none(eval_qualities, "--eval-qualities")
 
     run = read_checkpoint(base)["run_config"]
     folder = data or run.get("data")

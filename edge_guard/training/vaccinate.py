@@ -51,6 +51,7 @@ from edge_guard.training.train import (
     TrainConfig,
     TrainResult,
     fit,
+    logits_accuracy,
     predict_logits,
     robustness_views,
 )
@@ -107,8 +108,8 @@ def vaccinate(
     cfg = dataclasses.replace(
         base_cfg, data=str(data) if data is not None else base_cfg.data, epochs=epochs, lr=lr, schedule="cosine",
         batch_size=batch_size or base_cfg.batch_size, augment=base_cfg.augment if augment is None else augment,
-        num_threads=num_threads, device=device, subsampling=subsampling, backend=backend, jpeg_augment=(),
-        slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume, out_dir=str(out_dir),
+        num_threads=num_threads, device=device, subsampling=subsampling, backend=backend,
+        jpeg_augment=(), slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume, out_dir=str(out_dir),
         eval_qualities=base_cfg.eval_qualities if eval_qualities is None else tuple(int(q) for q in eval_qualities))
     train_set, val_set = _member_data(cfg, dataset, base)
     out = Path(out_dir)
@@ -171,11 +172,14 @@ def ensemble_metrics(members: dict[str, TrainResult], specs: list[tuple[str, str
     """Each member on its own preprocessing; majority vote with per-member and with shared SLQ preprocessing."""
     own, on_slq, per_member = {}, [], []
     for name, kind, q in specs:
-        model, _ = load_checkpoint(members[name].best_checkpoint)
         view = f"jpeg_{q}" if kind == "jpeg" else "slq"
-        own_logits = predict_logits(model, views[view])
+        known = members[name].val_logits  # fit measured the best weights on both views already
+        if view not in known or "slq" not in known:
+            model, _ = load_checkpoint(members[name].best_checkpoint)
+            known = {v: predict_logits(model, views[v]) for v in {view, "slq"}}
+        own_logits = known[view]
         per_member.append(own_logits)
-        on_slq.append(own_logits if view == "slq" else predict_logits(model, views["slq"]))
+        on_slq.append(known["slq"])
         own[name] = {"vaccination": kind, "quality": q, "preprocessing": view,
                      "val_accuracy": _acc(own_logits, labels), "val_accuracy_slq": _acc(on_slq[-1], labels)}
     base = {"clean": _acc(predict_logits(base_model, views["clean"]), labels), "slq":
@@ -233,4 +237,4 @@ def _member_data(cfg: TrainConfig, dataset: Dataset | None, base: dict[str, Any]
 
 
 def _acc(logits: np.ndarray, labels: np.ndarray) -> float:
-    return round(float((logits.argmax(1) == labels).mean()), 5)
+    return round(logits_accuracy(logits, labels), 5)

@@ -149,10 +149,13 @@ def test_cli_train_on_tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     write_gtsrb(tmp_path / "g", n_classes=3, tracks=3, per_track=4)
     out = tmp_path / "runs" / "base"
     args = ["train", "--data", str(tmp_path / "g"), "--epochs", "1", "--batch-size", "8", "--out", str(out),
-            "--threads", "1", "--jpeg-augment", "50,90", "--limit", "30"]
+            "--eval-qualities", "none", "--threads", "1", "--jpeg-augment", "50,90", "--limit", "30"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "config.json").read_text())["jpeg_augment"] == [50, 90]
+    run_config = json.loads((out / "config.json").read_text())
+    assert run_config["jpeg_augment"] == [50, 90] and run_config["eval_qualities"] == []
+    assert json.loads((out / "metrics.json").read_text())["jpeg"] == {}
+    assert "% clean, SLQ " in result.output  # no JPEG column when none was measured
     assert "val accuracy" in result.output and str(out / "best.pt") in result.output
     assert "kept 30 of 36" in result.output
     assert (out / "best.pt").is_file() and (tmp_path / "cache").is_dir()
@@ -164,3 +167,4 @@ def test_cli_train_on_tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert typo.exit_code == 2 and "--jpeg-augment" in typo.output and "comma-separated" in typo.output
     gpu = CliRunner().invoke(app, args[:-6] + ["--device", "gpu", "--out", str(tmp_path / "runs" / "gpu")])
     assert gpu.exit_code == 2 and "auto, cpu, cuda or cuda:N" in gpu.output
+

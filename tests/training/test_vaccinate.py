@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,8 +14,9 @@ from edge_guard.cli import app
 from edge_guard.errors import ConfigError
 from edge_guard.training.data import Dataset, split_by_track
 from edge_guard.training.models import load_checkpoint
-from edge_guard.training.train import TrainConfig, TrainResult, accuracy, jpeg_augment_transform, train
-from edge_guard.training.vaccinate import VaccinateResult, _transform, majority_vote, vaccinate
+from edge_guard.training.train import (TrainConfig, TrainResult, accuracy, jpeg_augment_transform,
+                                       robustness_views, train)
+from edge_guard.training.vaccinate import VaccinateResult, _transform, ensemble_metrics, majority_vote, vaccinate
 from tests.training.synthetic import make_dataset, write_gtsrb
 
 torch.set_num_threads(1)
@@ -126,6 +128,18 @@ def test_ensemble_folder_follows_the_contract(ensemble: VaccinateResult, base: T
     assert 0.5 < metrics["ensemble"]["per_member"] <= 1 and 0.5 < metrics["ensemble"]["slq"] <= 1
 
 
+def test_ensemble_metrics_reuse_the_members_final_logits(ensemble: VaccinateResult, base: TrainResult,
+                                                          data: Dataset) -> None:
+    assert {"jpeg_10", "slq"} <= set(ensemble.members["q10"].val_logits)
+    # reloading every member and predicting again gives the same report
+    _, val = split_by_track(data, 0.2, 0)
+    views = robustness_views(val.images, TrainConfig(eval_qualities=(Q,), slq_qualities=(20, 40, 60, 80)))
+    reloaded = {name: dataclasses.replace(member, val_logits={}) for name, member in ensemble.members.items()}
+    base_model, _ = load_checkpoint(base.best_checkpoint)
+    specs = [("q10", "jpeg", Q), ("slq", "slq", None)]
+    assert ensemble_metrics(reloaded, specs, base_model, views, val.labels, TrainConfig()) == ensemble.metrics
+
+
 def test_majority_vote_counts_votes_and_breaks_ties_by_probability() -> None:
     a = np.array([[5.0, 0, 0], [0, 5.0, 0]])
     b = np.array([[4.0, 0, 0], [0, 0, 1.0]])
@@ -163,10 +177,10 @@ def test_cli_vaccinate(base: TrainResult, tmp_path: Path, monkeypatch: pytest.Mo
     out = tmp_path / "ens"
     result = CliRunner().invoke(app, ["vaccinate", "--base", str(base.best_checkpoint), "--data", str(tmp_path / "g"),
                                       "--qualities", "50", "--no-slq", "--epochs", "1", "--threads", "1",
-                                      "--eval-qualities", "none", "--out", str(out)])
+                                      "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "q50" in result.output and "ensemble majority vote" in result.output
-    assert json.loads((out / "q50" / "metrics.json").read_text())["jpeg"] == {}
+    assert set(json.loads((out / "q50" / "metrics.json").read_text())["jpeg"]) == {"10", "50"}  # the base's grid
     assert [m["name"] for m in json.loads((out / "ensemble.json").read_text())["members"]] == ["q50"]
     bad = CliRunner().invoke(app, ["vaccinate", "--base", str(tmp_path / "none.pt")])
     assert bad.exit_code == 2 and "none.pt" in bad.output

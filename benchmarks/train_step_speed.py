@@ -1,0 +1,97 @@
+"""Training-step speed on this machine: eager channels_last (what `fit` uses), eager NCHW, and torch.compile.
+
+    python benchmarks/train_step_speed.py --models compact_cnn,resnet14 --threads 2 --out benchmarks/results/train_step_speed.json
+
+One step is what `edgeguard train` does per batch: forward, label-smoothed cross-entropy, backward,
+AdamW step, on a float32 batch (--batch-size, 3, 32, 32) in [0, 1]. The variants run in interleaved
+rounds (one block of --steps steps each per round, after --warmup steps) so that machine noise hits all
+of them alike; the table gives the median step time and its ratio to the default (eager, channels_last).
+"compile s" is the one-off cost of the first compiled steps (forward and backward graphs; inductor caches
+them on disk, so a second run on the same machine compiles faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edge_guard.training.models import create_model
+
+VARIANTS = ("eager", "eager-nchw", "compile")  # the first is the reference
+
+
+def build(model_name: str, variant: str, batch_size: int, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """A step function for one variant, and a record with its one-off setup time."""
+    torch.manual_seed(seed)
+    model = create_model(model_name, num_classes=43)
+    fmt = torch.contiguous_format if variant == "eager-nchw" else torch.channels_last
+    model.to(memory_format=fmt).train()
+    forward = torch.compile(model) if variant == "compile" else model  # inductor: C++ kernels on the CPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    x = torch.rand(batch_size, 3, 32, 32).contiguous(memory_format=fmt)
+    y = torch.randint(0, 43, (batch_size,))
+
+    def step() -> None:
+        loss = loss_fn(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    t0 = time.perf_counter()
+    step()  # the compiled variant compiles here
+    return step, {"first_step_s": time.perf_counter() - t0}
+
+
+def measure(model_name: str, batch_size: int, rounds: int, steps: int, warmup: int) -> dict[str, Any]:
+    built = {v: build(model_name, v, batch_size) for v in VARIANTS}
+    for step, _ in built.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(rounds):
+        for v, (step, _) in built.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            times[v].append((time.perf_counter() - t0) / steps)
+    ref = statistics.median(times[VARIANTS[0]])
+    return {v: {"ms_per_step": 1000 * statistics.median(times[v]), "vs_eager": statistics.median(times[v]) / ref,
+                "compile_s": built[v][1]["first_step_s"] if v == "compile" else None} for v in VARIANTS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="compact_cnn,resnet14")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = {}
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, "
+          f"{args.rounds} rounds x {args.steps} steps per variant")
+    print(f"{'model':<12} {'variant':<11} {'ms/step':>8} {'time ratio':>10} {'compile s':>10}")
+    for name in filter(None, args.models.split(",")):
+        results[name] = measure(name, args.batch_size, args.rounds, args.steps, args.warmup)
+        for v, r in results[name].items():
+            compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
+            print(f"{name:<12} {v:<11} {r['ms_per_step']:8.1f} {r['vs_eager']:9.2f}x {compile_s:>10}")
+    if args.out:
+        args.out.write_text(json.dumps({"torch": torch.__version__, "threads": args.threads,
+                                        "batch_size": args.batch_size, "rounds": args.rounds,
+                                        "steps": args.steps, "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
