@@ -84,7 +84,7 @@ class TrainConfig:
     jpeg_p: float = 0.5
     subsampling: str = "420"
     backend: str = "auto"
-    channels_last: bool = True  # 1.1-1.2x faster training steps on CPU (benchmarks/train_step_speed.py)
+    channels_last: bool = True  # 10-20% faster training steps on the CPU (benchmarks/training_speed.py)
 
     def __post_init__(self) -> None:
         checks = [
@@ -330,7 +330,8 @@ def make_batch(images: np.ndarray, config: TrainConfig, aug: AugmentConfig | Non
 def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 128,
                    device: torch.device | str | None = None) -> np.ndarray:
     """Logits float32 (N, C) for uint8 (N, H, W, 3) images, computed on `device` (default: the model's);
-    model in eval mode afterwards."""
+    model in eval mode afterwards. Batches of 128 keep a CPU's activations in cache (512: 1.5-2x slower,
+    benchmarks/training_speed.py)."""
     model.eval()
     device = next(model.parameters()).device if device is None else device
     outs = [model(to_tensor(images[i:i + batch_size]).to(device)).float().cpu().numpy()

@@ -1,13 +1,17 @@
-"""Training-step speed on this machine: eager channels_last (what `fit` uses), eager NCHW, and torch.compile.
+"""Where training time goes on this machine, and the alternatives to the choices `fit` makes.
 
-    python benchmarks/train_step_speed.py --models compact_cnn,resnet14 --threads 2 --out benchmarks/results/train_step_speed.json
+    python benchmarks/training_speed.py --models compact_cnn,resnet14 --threads 2 --out benchmarks/results/training_speed.json
 
+1. The training step: eager channels_last (what `fit` uses), eager NCHW, and torch.compile.
 One step is what `edgeguard train` does per batch: forward, label-smoothed cross-entropy, backward,
 AdamW step, on a float32 batch (--batch-size, 3, 32, 32) in [0, 1]. The variants run in interleaved
 rounds (one block of --steps steps each per round, after --warmup steps) so that machine noise hits all
 of them alike; the table gives the median step time and its ratio to the default (eager, channels_last).
 "compile s" is the one-off cost of the first compiled steps (forward and backward graphs; inductor caches
 them on disk, so a second run on the same machine compiles faster).
+2. Validation predictions (`predict_logits`, run after every epoch and at the end of a run) on
+--predict-images random uint8 32x32 images at each of --predict-batches, interleaved the same way; the
+ratio is against the first batch size (the default, 128).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from edge_guard.training.models import create_model
+from edge_guard.training.train import predict_logits
 
 VARIANTS = ("eager", "eager-nchw", "compile")  # the first is the reference
 
@@ -67,6 +73,20 @@ def measure(model_name: str, batch_size: int, rounds: int, steps: int, warmup: i
                 "compile_s": built[v][1]["first_step_s"] if v == "compile" else None} for v in VARIANTS}
 
 
+def measure_predict(model_name: str, batch_sizes: list[int], n_images: int, rounds: int) -> dict[str, Any]:
+    model = create_model(model_name, num_classes=43).to(memory_format=torch.channels_last)
+    images = np.random.default_rng(0).integers(0, 256, (n_images, 32, 32, 3), dtype=np.uint8)
+    predict_logits(model, images[:256])  # warm-up
+    times: dict[int, list[float]] = {b: [] for b in batch_sizes}
+    for _ in range(rounds):
+        for b in batch_sizes:
+            t0 = time.perf_counter()
+            predict_logits(model, images, batch_size=b)
+            times[b].append(time.perf_counter() - t0)
+    ref = statistics.median(times[batch_sizes[0]])
+    return {str(b): {"seconds": statistics.median(t), "vs_first": statistics.median(t) / ref} for b, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="compact_cnn,resnet14")
@@ -75,6 +95,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--predict-batches", default="128,512")
+    parser.add_argument("--predict-images", type=int, default=7830)  # GTSRB's validation tracks
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -87,10 +109,19 @@ def main() -> None:
         for v, r in results[name].items():
             compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
             print(f"{name:<12} {v:<11} {r['ms_per_step']:8.1f} {r['vs_eager']:9.2f}x {compile_s:>10}")
+    batches = [int(b) for b in args.predict_batches.split(",") if b.strip()]
+    predict = {}
+    print(f"\npredict_logits on {args.predict_images} images, {args.rounds} rounds")
+    print(f"{'model':<12} {'batch':>6} {'seconds':>8} {'time ratio':>10}")
+    for name in filter(None, args.models.split(",")):
+        predict[name] = measure_predict(name, batches, args.predict_images, args.rounds)
+        for b, r in predict[name].items():
+            print(f"{name:<12} {b:>6} {r['seconds']:8.2f} {r['vs_first']:9.2f}x")
     if args.out:
         args.out.write_text(json.dumps({"torch": torch.__version__, "threads": args.threads,
                                         "batch_size": args.batch_size, "rounds": args.rounds,
-                                        "steps": args.steps, "results": results}, indent=2) + "\n")
+                                        "steps": args.steps, "results": results,
+                                        "predict_images": args.predict_images, "predict": predict}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
