@@ -108,8 +108,8 @@ def vaccinate(
     cfg = dataclasses.replace(
         base_cfg, data=str(data) if data is not None else base_cfg.data, epochs=epochs, lr=lr, schedule="cosine",
         batch_size=batch_size or base_cfg.batch_size, augment=base_cfg.augment if augment is None else augment,
-        num_threads=num_threads, device=device, subsampling=subsampling, backend=backend,
-        jpeg_augment=(), slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume, out_dir=str(out_dir),
+        num_threads=num_threads, device=device, subsampling=subsampling, backend=backend, jpeg_augment=(),
+        slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume, out_dir=str(out_dir),
         eval_qualities=base_cfg.eval_qualities if eval_qualities is None else tuple(int(q) for q in eval_qualities))
     train_set, val_set = _member_data(cfg, dataset, base)
     out = Path(out_dir)

@@ -167,4 +167,3 @@ def test_cli_train_on_tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert typo.exit_code == 2 and "--jpeg-augment" in typo.output and "comma-separated" in typo.output
     gpu = CliRunner().invoke(app, args[:-6] + ["--device", "gpu", "--out", str(tmp_path / "runs" / "gpu")])
     assert gpu.exit_code == 2 and "auto, cpu, cuda or cuda:N" in gpu.output
-
