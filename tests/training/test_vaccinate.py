@@ -93,8 +93,8 @@ def test_jpeg_augment_transform_mixes_runtime_jpeg_and_clean() -> None:
                                   jpeg.roundtrip(x, 30))
     np.testing.assert_array_equal(jpeg_augment_transform((30,), 0.0)(x, np.random.default_rng(0)), x)
     out = jpeg_augment_transform((20, 90), 0.5)(x, np.random.default_rng(1))
-    kinds = [next((name for name, ref in (("clean", x), ("q20", jpeg.roundtrip(x, 20)), ("q90", jpeg.roundtrip(x, 90)))
-                   if np.array_equal(out[i], ref[i])), "other") for i in range(len(x))]
+    refs = (("clean", x), ("q20", jpeg.roundtrip(x, 20)), ("q90", jpeg.roundtrip(x, 90)))
+    kinds = [next((name for name, ref in refs if np.array_equal(out[i], ref[i])), "other") for i in range(len(x))]
     counts = {k: kinds.count(k) for k in ("clean", "q20", "q90", "other")}
     assert counts["other"] == 0 and 70 < counts["clean"] < 130 and counts["q20"] > 25 and counts["q90"] > 25, counts
     with pytest.raises(ConfigError, match="jpeg_p"):
