@@ -214,6 +214,7 @@ def vaccinate(
     slq: bool = typer.Option(True, "--slq/--no-slq", help="Also train a member on SLQ (random per-block quality)."),
     data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the base run's)."),
     epochs: int = typer.Option(3, "--epochs", help="Fine-tuning epochs per member."),
+    shared_epochs: int = typer.Option(0, "--shared-epochs", help="Train the first N of --epochs once for all members, on images compressed like a random member's, then each member alone: (members - 1) x N epochs less work. 0: every member trains alone."),
     out: str = typer.Option("runs/ensemble", "--out", "-o", help="Ensemble folder (ensemble.json, one run folder per member)."),
     lr: float = typer.Option(3e-3, "--lr", help="Peak fine-tuning learning rate (cosine decay); higher moves members further from the base."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
@@ -250,8 +251,9 @@ def vaccinate(
     typer.echo(dataset.report.summary())
     result = vaccinate_members(
         base, data=folder, dataset=dataset, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
-        epochs=epochs, lr=lr, adversarial=adversarial, num_threads=threads, device=device, subsampling=subsampling,
-        backend=backend, out_dir=out, resume=resume, echo=typer.echo, eval_qualities=measured_at)
+        epochs=epochs, shared_epochs=shared_epochs, lr=lr, adversarial=adversarial, num_threads=threads,
+        device=device, subsampling=subsampling, backend=backend, out_dir=out, resume=resume, echo=typer.echo,
+        eval_qualities=measured_at)
     m = result.metrics
     for name, member in m["members"].items():
         typer.echo(f"  {name:>4}: {100 * member['val_accuracy']:.2f}% on {member['preprocessing']}")

@@ -14,6 +14,7 @@ continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -209,11 +210,13 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
         model_kwargs: dict[str, Any], vaccination: dict[str, Any], val_view: str,
         views: dict[str, np.ndarray], train_transform: BatchTransform | None = None, progress: bool = True,
         echo: Callable[[str], None] | None = None,
-        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+        on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+        start: WarmStart | None = None) -> TrainResult:
     """Train `model` on train_set, pick the best epoch by accuracy on views[val_view], write the run folder.
 
     views: name -> uint8 (N, H, W, 3) versions of val_set.images ("clean", "jpeg_10", ..., "slq"),
     see `robustness_views`. train_transform: the vaccination step, applied to each (augmented) batch.
+    start: continue config's schedule after the epochs `warm_start` trained (model must hold its weights).
     """
     _set_threads(config)
     out = Path(config.out_dir)
@@ -232,8 +235,13 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": []}
     if config.resume and last_path.exists():
         state = _resume(last_path, model, optimizer, scheduler, config, vaccination, log)
-    elif config.resume:
-        log(f"resume: no {last_path}, starting a new run")
+    else:
+        if config.resume:
+            log(f"resume: no {last_path}, starting a new run")
+        if start is not None:
+            optimizer.load_state_dict(copy.deepcopy(start.optimizer))  # Adam's moments update in place
+            scheduler.load_state_dict(start.scheduler)
+            state["epoch"] = start.epochs
     (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
 
     t_start = time.perf_counter()
@@ -268,6 +276,34 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     log(f"best val acc {metrics['val_accuracy']:.4f} ({val_view}); clean {metrics['clean']:.4f}, "
         + (f"jpeg {jpeg_accs}, " if jpeg_accs else "") + f"slq {metrics['slq']:.4f}")
     return TrainResult(out, best_path, last_path, metrics, config.epochs, logits)
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """The first `epochs` epochs of a schedule, trained once: optimizer and scheduler state to continue from."""
+
+    epochs: int
+    optimizer: dict[str, Any] = field(repr=False)
+    scheduler: dict[str, Any] = field(repr=False)
+
+
+def warm_start(model: nn.Module, train_set: Dataset, config: TrainConfig, epochs: int,
+               transform: BatchTransform | None = None, progress: bool = True) -> WarmStart:
+    """Train `model` in place for the first `epochs` epochs of config's schedule (no validation, no files).
+
+    `fit(..., start=result)` on a copy of the model then trains the remaining epochs exactly as an
+    uninterrupted run would (same learning rates, same per-epoch randomness)."""
+    if not 0 < epochs < config.epochs:
+        raise ConfigError(expected_got("warm-start epochs", f"1..{config.epochs - 1} (fewer than --epochs)", epochs))
+    _set_threads(config)
+    model.to(resolve_device(config.device))
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    steps = max(1, len(train_set) // config.batch_size)
+    optimizer, scheduler = _make_optimizer(model, config, steps)
+    for epoch in range(epochs):
+        _train_epoch(model, optimizer, scheduler, train_set, config, epoch, steps, transform, progress)
+    return WarmStart(epochs, copy.deepcopy(optimizer.state_dict()), scheduler.state_dict())
 
 
 def _save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any],

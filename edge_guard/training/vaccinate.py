@@ -7,6 +7,7 @@ the member through its own defense (edge_guard.training.adversarial). The output
 
     ensemble.json            classes, input size, codec, epochs, lr, adversarial settings, members
     base.pt                  a copy of the base checkpoint
+    shared.pt                with shared_epochs > 0: the weights and optimizer state every member continues from
     q20/ q40/ ... slq/       one run folder per member: best.pt, last.pt, config.json, metrics.json, train.log
     metrics.json             each member on its own preprocessing, and the majority-vote ensemble with
                              per-member JPEG preprocessing and with one shared SLQ draw
@@ -36,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from edge_guard import jpeg
 from edge_guard.engine import softmax
 from edge_guard.engine import vote as engine_vote
 from edge_guard.errors import ConfigError, expected_got
 from edge_guard.training.adversarial import AdversarialConfig, adversarial_transform
-from edge_guard.training.checkpoint import make_vaccination
+from edge_guard.training.checkpoint import make_vaccination, save_checkpoint
 from edge_guard.training.data import Dataset, load_dataset, split_by_track
 from edge_guard.training.models import load_checkpoint
 from edge_guard.training.train import (
@@ -50,10 +52,12 @@ from edge_guard.training.train import (
     BatchTransform,
     TrainConfig,
     TrainResult,
+    WarmStart,
     fit,
     logits_accuracy,
     predict_logits,
     robustness_views,
+    warm_start,
 )
 
 
@@ -75,6 +79,7 @@ def vaccinate(
     slq_qualities: Sequence[int] = SLQ_QUALITIES,
     eval_qualities: Sequence[int] | None = None,
     epochs: int = 3,
+    shared_epochs: int = 0,
     batch_size: int | None = None,
     lr: float = 3e-3,
     augment: bool | None = None,
@@ -94,8 +99,10 @@ def vaccinate(
     Dataset instead. Members train `epochs` epochs with a cosine schedule from `lr` (fine-tuning).
     batch_size/augment default to the base run's. eval_qualities: the JPEG qualities each member is
     measured at after training (default: the base run's grid; () measures only clean, its own quality
-    and SLQ). adversarial: also train on adversarial images made against each member through its own
-    defense (see edge_guard.training.adversarial).
+    and SLQ). shared_epochs: the first N of the `epochs` are trained once, on images each compressed like a
+    randomly picked member's, and every member continues from there (N x (members - 1) epochs less work;
+    0: each member trains alone, as in Das et al.). adversarial: also train on adversarial images made
+    against each member through its own defense (see edge_guard.training.adversarial).
     Returns a VaccinateResult (see module docstring).
     """
     qualities = sorted({int(q) for q in qualities})
@@ -103,6 +110,12 @@ def vaccinate(
         raise ConfigError(expected_got("members", "at least one quality or --slq", "none"))
     if not all(1 <= q <= 100 for q in qualities):
         raise ConfigError(expected_got("--qualities", "JPEG qualities in 1..100", qualities))
+    if not 0 <= shared_epochs < epochs:
+        raise ConfigError(expected_got("--shared-epochs", f"0..{epochs - 1} (fewer than --epochs {epochs})",
+                                       shared_epochs))
+    if shared_epochs and adversarial is not None:
+        raise ConfigError(expected_got("--shared-epochs", "0 with --adversarial-eps", shared_epochs,
+                                       "adversarial members train alone; drop one of the two options."))
     base_model, base = load_checkpoint(base_ckpt)
     base_cfg = _base_config(base["run_config"])
     cfg = dataclasses.replace(
@@ -117,6 +130,7 @@ def vaccinate(
     say = echo or (lambda _msg: None)
     say(f"vaccinating {base_ckpt} ({base['model_name']}): members "
         + ", ".join([f"q{q}" for q in qualities] + (["slq"] if slq else [])) + f"; {epochs} epochs each"
+        + (f", the first {shared_epochs} shared" if shared_epochs else "")
         + (f"; adversarial {adversarial.to_dict()}" if adversarial else ""))
 
     views = robustness_views(val_set.images, cfg)
@@ -125,21 +139,26 @@ def vaccinate(
     codec = dict(jpeg.codec_info(backend, subsampling))
     members: dict[str, TrainResult] = {}
     specs = [(f"q{q}", "jpeg", q) for q in qualities] + ([("slq", "slq", None)] if slq else [])
+    start_model, start = base_model, None
+    if shared_epochs:
+        start_model = copy.deepcopy(base_model)
+        start = _shared_start(start_model, train_set, cfg, specs, shared_epochs, out, progress, say)
     for name, kind, q in specs:
         t0 = time.perf_counter()
         member_cfg = dataclasses.replace(cfg, out_dir=str(out / name))
         vacc = make_vaccination(kind, q, [q] if q is not None else list(cfg.slq_qualities), codec, subsampling,
                                 adversarial.to_dict() if adversarial else None)
-        model = copy.deepcopy(base_model)
+        model = copy.deepcopy(start_model)
         members[name] = fit(
             model, train_set, val_set, member_cfg, model_kwargs=base["model_kwargs"],
             vaccination=vacc, val_view=f"jpeg_{q}" if q is not None else "slq", views=views,
-            train_transform=_transform(kind, q, cfg, model, adversarial), progress=progress, echo=echo)
+            train_transform=_transform(kind, q, cfg, model, adversarial), progress=progress, echo=echo, start=start)
         say(f"member {name}: val acc {members[name].metrics['val_accuracy']:.4f} on its own preprocessing "
             f"({time.perf_counter() - t0:.0f} s)")
 
     shutil.copy2(base_ckpt, out / "base.pt")
-    (out / "ensemble.json").write_text(json.dumps(ensemble_spec(base, codec, cfg, specs, adversarial), indent=2) + "\n")
+    spec = ensemble_spec(base, codec, cfg, specs, adversarial, shared_epochs)
+    (out / "ensemble.json").write_text(json.dumps(spec, indent=2) + "\n")
     metrics = ensemble_metrics(members, specs, base_model, views, val_set.labels, cfg)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     say(f"ensemble: majority vote {metrics['ensemble']['per_member']:.4f} (per-member JPEG), "
@@ -149,12 +168,12 @@ def vaccinate(
 
 def ensemble_spec(base: dict[str, Any], codec: dict[str, Any], cfg: TrainConfig,
                   specs: list[tuple[str, str, int | None]],
-                  adversarial: AdversarialConfig | None = None) -> dict[str, Any]:
+                  adversarial: AdversarialConfig | None = None, shared_epochs: int = 0) -> dict[str, Any]:
     """The ensemble.json contents: classes, input size, codec and one entry per member."""
     return {
         "classes": list(base["classes"]), "input_size": list(base["input_size"]), "subsampling": cfg.subsampling,
         "backend": codec["backend"], "codec_version": codec["version"], "slq_qualities": list(cfg.slq_qualities),
-        "base": "base.pt", "epochs": cfg.epochs, "lr": cfg.lr,
+        "base": "base.pt", "epochs": cfg.epochs, "shared_epochs": shared_epochs, "lr": cfg.lr,
         "adversarial": adversarial.to_dict() if adversarial else None,
         "members": [{"name": name, "checkpoint": f"{name}/best.pt", "vaccination": kind, "quality": q}
                     for name, kind, q in specs],
@@ -209,6 +228,50 @@ def _transform(kind: str, quality: int | None, cfg: TrainConfig, model: Any,
         return lambda x, rng: jpeg.roundtrip(x, quality, subsampling=cfg.subsampling, backend=cfg.backend)
     # a fresh SLQ block pattern for every batch, drawn from the epoch's seeded generator
     return lambda x, rng: jpeg.slq(x, cfg.slq_qualities, rng=rng, subsampling=cfg.subsampling, backend=cfg.backend)
+
+
+def mixed_transform(steps: Sequence[BatchTransform]) -> BatchTransform:
+    """A BatchTransform that passes each image through one of `steps`, drawn uniformly per image from the
+    batch's rng. uint8 NHWC in/out."""
+
+    def transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pick = rng.integers(len(steps), size=len(x))
+        out = np.empty_like(x)
+        for i, step in enumerate(steps):
+            idx = np.flatnonzero(pick == i)
+            if len(idx):
+                out[idx] = step(x[idx], rng)
+        return out
+
+    return transform
+
+
+def _shared_start(model: Any, train_set: Dataset, cfg: TrainConfig, specs: list[tuple[str, str, int | None]],
+                  epochs: int, out: Path, progress: bool, say: Callable[[str], None]) -> WarmStart:
+    """Train `model` (a copy of the base) in place for the members' first `epochs` epochs, each image
+    compressed like the input of a member drawn at random, so every member starts from JPEG-aware weights.
+    Saved as <out>/shared.pt; --resume reuses it when the settings match."""
+    path = out / "shared.pt"
+    settings = {"members": [name for name, _, _ in specs], "epochs": epochs, "of": cfg.epochs, "lr": cfg.lr,
+                "seed": cfg.seed, "batch_size": cfg.batch_size, "subsampling": cfg.subsampling}
+    if cfg.resume and path.exists():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a truncated or foreign file
+            saved = {}
+            say(f"shared start: cannot read {path} ({exc.__class__.__name__}), training it again")
+        if saved.get("settings") == settings:
+            model.load_state_dict(saved["model"])
+            say(f"shared start: reusing {path}")
+            return WarmStart(epochs, saved["optimizer"], saved["scheduler"])
+    t0 = time.perf_counter()
+    mixed = mixed_transform([_transform(kind, q, cfg, model, None) for _, kind, q in specs])
+    start = warm_start(model, train_set, cfg, epochs, mixed, progress)
+    save_checkpoint({"settings": settings, "model": model.state_dict(), "optimizer": start.optimizer,
+                     "scheduler": start.scheduler}, path)
+    say(f"shared start: epochs 1..{epochs} of {cfg.epochs} trained once on a mix of "
+        + ", ".join(name for name, _, _ in specs) + f" inputs ({time.perf_counter() - t0:.0f} s)")
+    return start
 
 
 def _base_config(run_config: dict[str, Any]) -> TrainConfig:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -12,9 +13,11 @@ from typer.testing import CliRunner
 from edge_guard.cli import app
 from edge_guard.errors import ConfigError
 from edge_guard.training.augment import AugmentConfig, augment_batch, to_tensor, to_uint8
+from edge_guard.training.checkpoint import make_vaccination
 from edge_guard.training.data import split_by_track
-from edge_guard.training.models import load_checkpoint
-from edge_guard.training.train import TrainConfig, TrainResult, accuracy, make_batch, resolve_device, train
+from edge_guard.training.models import create_model, load_checkpoint
+from edge_guard.training.train import (TrainConfig, TrainResult, accuracy, fit, jpeg_augment_transform, make_batch,
+                                       resolve_device, robustness_views, train, warm_start)
 from tests.training.synthetic import make_dataset, write_gtsrb
 
 torch.set_num_threads(1)
@@ -167,3 +170,31 @@ def test_cli_train_on_tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert typo.exit_code == 2 and "--jpeg-augment" in typo.output and "comma-separated" in typo.output
     gpu = CliRunner().invoke(app, args[:-6] + ["--device", "gpu", "--out", str(tmp_path / "runs" / "gpu")])
     assert gpu.exit_code == 2 and "auto, cpu, cuda or cuda:N" in gpu.output
+
+
+def test_warm_start_then_fit_equals_one_uninterrupted_fit(tmp_path: Path) -> None:
+    data = make_dataset(n_per_class=20, seed=1)
+    train_set, val_set = split_by_track(data, 0.2, 0)
+    cfg = config(tmp_path / "full", epochs=3, eval_qualities=(), schedule="cosine")
+    views = robustness_views(val_set.images, cfg)
+    step = jpeg_augment_transform((30, 70), 0.5)  # a transform that uses the epoch's rng
+    torch.manual_seed(0)
+    model = create_model("compact_cnn", 4, widths=[16, 32, 64])
+    kw = dict(model_kwargs={"widths": [16, 32, 64]}, vaccination=make_vaccination("none", None, None, {}),
+              val_view="clean", views=views, train_transform=step, progress=False)
+    full = fit(copy.deepcopy(model), train_set, val_set, cfg, **kw)
+    start = warm_start(model, train_set, cfg, 1, step, progress=False)
+    epochs_run: list[int] = []
+    rest = fit(copy.deepcopy(model), train_set, val_set, dataclasses.replace(cfg, out_dir=str(tmp_path / "rest")),
+               on_epoch_end=lambda e, r: epochs_run.append(e), start=start, **kw)
+    # a second member from the same start must not see the first one's updates
+    again = fit(copy.deepcopy(model), train_set, val_set, dataclasses.replace(cfg, out_dir=str(tmp_path / "again")),
+                start=start, **kw)
+    assert epochs_run == [2, 3] and [h["epoch"] for h in rest.metrics["history"]] == [2, 3]
+    a = torch.load(full.last_checkpoint, weights_only=True)["model"]
+    for other in (rest, again):
+        b = torch.load(other.last_checkpoint, weights_only=True)["model"]
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], msg=key)
+    with pytest.raises(ConfigError, match="fewer than --epochs"):
+        warm_start(model, train_set, cfg, 3)

@@ -16,7 +16,9 @@ from edge_guard.training.data import Dataset, split_by_track
 from edge_guard.training.models import load_checkpoint
 from edge_guard.training.train import (TrainConfig, TrainResult, accuracy, jpeg_augment_transform,
                                        robustness_views, train)
-from edge_guard.training.vaccinate import VaccinateResult, _transform, ensemble_metrics, majority_vote, vaccinate
+from edge_guard.training.adversarial import AdversarialConfig
+from edge_guard.training.vaccinate import (VaccinateResult, _transform, ensemble_metrics, majority_vote,
+                                           mixed_transform, vaccinate)
 from tests.training.synthetic import make_dataset, write_gtsrb
 
 torch.set_num_threads(1)
@@ -110,6 +112,7 @@ def test_ensemble_folder_follows_the_contract(ensemble: VaccinateResult, base: T
     assert spec["classes"] == ["circle", "square", "triangle", "cross"] and spec["input_size"] == [32, 32]
     assert (spec["subsampling"], spec["backend"], spec["codec_version"]) == ("420", codec["backend"], codec["version"])
     assert spec["slq_qualities"] == [20, 40, 60, 80] and spec["base"] == "base.pt" and (out / "base.pt").is_file()
+    assert spec["shared_epochs"] == 0 and not (out / "shared.pt").exists()
     assert spec["members"] == [
         {"name": "q10", "checkpoint": "q10/best.pt", "vaccination": "jpeg", "quality": 10},
         {"name": "slq", "checkpoint": "slq/best.pt", "vaccination": "slq", "quality": None},
@@ -184,3 +187,47 @@ def test_cli_vaccinate(base: TrainResult, tmp_path: Path, monkeypatch: pytest.Mo
     assert [m["name"] for m in json.loads((out / "ensemble.json").read_text())["members"]] == ["q50"]
     bad = CliRunner().invoke(app, ["vaccinate", "--base", str(tmp_path / "none.pt")])
     assert bad.exit_code == 2 and "none.pt" in bad.output
+    bad = CliRunner().invoke(app, ["vaccinate", "--base", str(base.best_checkpoint), "--data", str(tmp_path / "g"),
+                                   "--epochs", "2", "--shared-epochs", "2", "--out", str(tmp_path / "e2")])
+    assert bad.exit_code == 2 and "--shared-epochs" in bad.output and "0..1" in bad.output
+
+
+def test_mixed_transform_gives_each_image_one_members_preprocessing() -> None:
+    x = make_dataset(n_per_class=10, seed=3).images
+    steps = [lambda b, rng: jpeg.roundtrip(b, 10), lambda b, rng: jpeg.roundtrip(b, 90), lambda b, rng: b]
+    out = mixed_transform(steps)(x, np.random.default_rng(0))
+    options = [jpeg.roundtrip(x, 10), jpeg.roundtrip(x, 90), x]
+    which = np.array([[np.array_equal(out[i], o[i]) for o in options] for i in range(len(x))])
+    assert which.any(1).all() and which.any(0).all()  # every image is one of them; every step is used
+    np.testing.assert_array_equal(out, mixed_transform(steps)(x, np.random.default_rng(0)))  # seeded
+
+
+def test_shared_epochs_train_once_then_each_member_alone(base: TrainResult, data: Dataset, tmp_path: Path) -> None:
+    kw = dict(dataset=data, qualities=(Q, 50), slq=True, epochs=2, lr=1e-3, num_threads=1, progress=False)
+    with pytest.raises(ConfigError, match="fewer than --epochs"):
+        vaccinate(base.best_checkpoint, **{**kw, "epochs": 1}, shared_epochs=1, out_dir=tmp_path / "x")
+    with pytest.raises(ConfigError, match="adversarial"):
+        vaccinate(base.best_checkpoint, **kw, shared_epochs=1, adversarial=AdversarialConfig(eps=4 / 255),
+                  out_dir=tmp_path / "x")
+    said: list[str] = []
+    result = vaccinate(base.best_checkpoint, **kw, shared_epochs=1, out_dir=tmp_path / "s", echo=said.append)
+    assert json.loads(result.ensemble_json.read_text())["shared_epochs"] == 1
+    assert any(line.startswith("shared start: epochs 1..1 of 2") for line in said)
+    shared = torch.load(tmp_path / "s" / "shared.pt", weights_only=True)["model"]
+    base_weights = torch.load(base.best_checkpoint, weights_only=True)["model"]
+    assert not torch.equal(shared["fc.weight"], base_weights["fc.weight"])  # the shared epoch trained
+    finals = []
+    for name, member in result.members.items():
+        assert [h["epoch"] for h in member.metrics["history"]] == [2], name  # only its own epoch
+        finals.append(torch.load(member.last_checkpoint, weights_only=True)["model"]["fc.weight"])
+        # one epoch at lr 1e-3 from the shared weights: closer to them than to the base
+        assert (finals[-1] - shared["fc.weight"]).norm() < (finals[-1] - base_weights["fc.weight"]).norm(), name
+    assert not torch.equal(finals[0], finals[1]) and not torch.equal(finals[1], finals[2])
+    # --resume reuses the shared start instead of training it again
+    said.clear()
+    vaccinate(base.best_checkpoint, **kw, shared_epochs=1, out_dir=tmp_path / "s", resume=True, echo=said.append)
+    assert any(line.startswith("shared start: reusing") for line in said)
+    (tmp_path / "s" / "shared.pt").write_bytes(b"truncated")  # an unreadable one is trained again, not trusted
+    said.clear()
+    vaccinate(base.best_checkpoint, **kw, shared_epochs=1, out_dir=tmp_path / "s", resume=True, echo=said.append)
+    assert any("cannot read" in line for line in said) and any("epochs 1..1 of 2" in line for line in said)
