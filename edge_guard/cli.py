@@ -214,7 +214,7 @@ def vaccinate(
     slq: bool = typer.Option(True, "--slq/--no-slq", help="Also train a member on SLQ (random per-block quality)."),
     data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the base run's)."),
     epochs: int = typer.Option(3, "--epochs", help="Fine-tuning epochs per member."),
-    shared_epochs: int = typer.Option(0, "--shared-epochs", help="Train the first N of --epochs once for all members, on images compressed like a random member's, then each member alone: (members - 1) x N epochs less work. 0: every member trains alone."),
+    shared_epochs: int = typer.Option(0, "--shared-epochs", help="Train the first N of --epochs once for all members, on images compressed like a random member's, then each member alone: (members - 1) x N epochs less work, but members that fall to the same adaptive attacks (README). 0: every member trains alone."),
     out: str = typer.Option("runs/ensemble", "--out", "-o", help="Ensemble folder (ensemble.json, one run folder per member)."),
     lr: float = typer.Option(3e-3, "--lr", help="Peak fine-tuning learning rate (cosine decay); higher moves members further from the base."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
