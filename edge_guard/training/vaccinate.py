@@ -100,9 +100,10 @@ def vaccinate(
     batch_size/augment default to the base run's. eval_qualities: the JPEG qualities each member is
     measured at after training (default: the base run's grid; () measures only clean, its own quality
     and SLQ). shared_epochs: the first N of the `epochs` are trained once, on images each compressed like a
-    randomly picked member's, and every member continues from there (N x (members - 1) epochs less work,
-    but members that share more mistakes and adaptive attacks; 0: each member trains alone, as in Das et al.). adversarial: also train on adversarial images made
-    against each member through its own defense (see edge_guard.training.adversarial).
+    randomly picked member's, and every member continues from there: N x (members - 1) epochs less work,
+    but members that share more mistakes and fall to the same adaptive attacks (0: each member trains
+    alone, as in Das et al.). adversarial: also train on adversarial images made against each member
+    through its own defense (see edge_guard.training.adversarial).
     Returns a VaccinateResult (see module docstring).
     """
     qualities = sorted({int(q) for q in qualities})
