@@ -218,19 +218,13 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     see `robustness_views`. train_transform: the vaccination step, applied to each (augmented) batch.
     start: continue config's schedule after the epochs `warm_start` trained (model must hold its weights).
     """
-    _set_threads(config)
     out = Path(config.out_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
     if last_path.exists() and not config.resume:
         raise ConfigError(expected_got(f"output folder {out}", "a new folder", "a folder with a run (last.pt)",
                                        "pass --resume to continue it, or choose another --out."))
     log = RunLog(out / "train.log", echo)
-    device = resolve_device(config.device)
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    steps = max(1, len(train_set) // config.batch_size)
-    optimizer, scheduler = _make_optimizer(model, config, steps)
+    device, steps, optimizer, scheduler = _prepare(model, train_set, config)
     run_config = _resolved_config(config, model, model_kwargs, train_set, val_set, vaccination, device)
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": []}
     if config.resume and last_path.exists():
@@ -295,15 +289,21 @@ def warm_start(model: nn.Module, train_set: Dataset, config: TrainConfig, epochs
     uninterrupted run would (same learning rates, same per-epoch randomness)."""
     if not 0 < epochs < config.epochs:
         raise ConfigError(expected_got("warm-start epochs", f"1..{config.epochs - 1} (fewer than --epochs)", epochs))
-    _set_threads(config)
-    model.to(resolve_device(config.device))
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    steps = max(1, len(train_set) // config.batch_size)
-    optimizer, scheduler = _make_optimizer(model, config, steps)
+    _, steps, optimizer, scheduler = _prepare(model, train_set, config)
     for epoch in range(epochs):
         _train_epoch(model, optimizer, scheduler, train_set, config, epoch, steps, transform, progress)
     return WarmStart(epochs, copy.deepcopy(optimizer.state_dict()), scheduler.state_dict())
+
+
+def _prepare(model: nn.Module, train_set: Dataset, config: TrainConfig) -> tuple[torch.device, int, Any, Any]:
+    """Threads, device and memory format for training; returns (device, steps per epoch, optimizer, scheduler)."""
+    _set_threads(config)
+    device = resolve_device(config.device)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    steps = max(1, len(train_set) // config.batch_size)
+    return (device, steps, *_make_optimizer(model, config, steps))
 
 
 def _save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any],
