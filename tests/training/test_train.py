@@ -95,9 +95,29 @@ def test_resume_continues_from_the_saved_epoch(run: TrainResult, tmp_path: Path)
         torch.testing.assert_close(a[key], b[key], msg=key)
 
 
+def test_val_every_validates_every_nth_and_the_last_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_guard.training.train as train_module
+
+    calls = []
+    real = train_module.predict_logits
+    monkeypatch.setattr(train_module, "predict_logits", lambda model, images, **kw: calls.append(1) or real(
+        model, images, **kw))
+    result = train(config(tmp_path / "r", epochs=5, val_every=2), make_dataset(n_per_class=20, seed=1),
+                   progress=False)
+    measured = {h["epoch"]: h["val_accuracy"] for h in result.metrics["history"]}
+    assert [e for e, acc in measured.items() if acc is not None] == [2, 4, 5]
+    best = max((acc, -e) for e, acc in measured.items() if acc is not None)
+    assert result.metrics["best_epoch"] == -best[1] and result.metrics["val_accuracy"] == best[0]
+    assert torch.load(result.best_checkpoint, weights_only=True)["epoch"] == -best[1]
+    assert "epoch 3/5" in (tmp_path / "r" / "train.log").read_text() and "not measured" in (
+        tmp_path / "r" / "train.log").read_text()
+    # 3 validations, then clean (the val view: the best epoch's logits are reused), slq and 3 JPEG qualities
+    assert len(calls) == 3 + 4
+
+
 def test_config_is_validated() -> None:
-    for bad in ({"epochs": 0}, {"optimizer": "adam"}, {"val_fraction": 1.5}, {"scale_range": (1.2, 0.9)},
-                {"eval_qualities": (0,)}):
+    for bad in ({"epochs": 0}, {"val_every": 0}, {"optimizer": "adam"}, {"val_fraction": 1.5},
+                {"scale_range": (1.2, 0.9)}, {"eval_qualities": (0,)}):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -179,11 +179,13 @@ def test_cli_vaccinate(base: TrainResult, tmp_path: Path, monkeypatch: pytest.Mo
     write_gtsrb(tmp_path / "g", n_classes=4, tracks=3, per_track=4)  # same class names as the base
     out = tmp_path / "ens"
     result = CliRunner().invoke(app, ["vaccinate", "--base", str(base.best_checkpoint), "--data", str(tmp_path / "g"),
-                                      "--qualities", "50", "--no-slq", "--epochs", "1", "--threads", "1",
-                                      "--out", str(out)])
+                                      "--qualities", "50", "--no-slq", "--epochs", "2", "--val-every", "2",
+                                      "--threads", "1", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "q50" in result.output and "ensemble majority vote" in result.output
-    assert set(json.loads((out / "q50" / "metrics.json").read_text())["jpeg"]) == {"10", "50"}  # the base's grid
+    member = json.loads((out / "q50" / "metrics.json").read_text())
+    assert set(member["jpeg"]) == {"10", "50"}  # the base's grid
+    assert [h["val_accuracy"] is None for h in member["history"]] == [True, False]  # --val-every 2
     assert [m["name"] for m in json.loads((out / "ensemble.json").read_text())["members"]] == ["q50"]
     bad = CliRunner().invoke(app, ["vaccinate", "--base", str(tmp_path / "none.pt")])
     assert bad.exit_code == 2 and "none.pt" in bad.output
