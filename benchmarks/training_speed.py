@@ -2,7 +2,9 @@
 
     python benchmarks/training_speed.py --models compact_cnn,resnet14 --threads 2 --out benchmarks/results/training_speed.json
 
-1. The training step: eager channels_last (what `fit` uses), eager NCHW, and torch.compile.
+1. The training step: eager channels_last (what `fit` uses), eager NCHW, torch.compile, and data-parallel
+("ddp": --threads processes of one thread each, each on its share of the batch, gradients averaged by
+torch DDP over gloo, as torchrun would run `fit`; the time is per whole batch).
 One step is what `edgeguard train` does per batch: forward, label-smoothed cross-entropy, backward,
 AdamW step, on a float32 batch (--batch-size, 3, 32, 32) in [0, 1]. The variants run in interleaved
 rounds (one block of --steps steps each per round, after --warmup steps) so that machine noise hits all
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -25,21 +28,28 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import nn
 
 from edge_guard.training.models import create_model
 from edge_guard.training.train import predict_logits
 
-VARIANTS = ("eager", "eager-nchw", "compile")  # the first is the reference
+VARIANTS = ("eager", "eager-nchw", "compile")  # in-process; the first is the reference
 
 
 def build(model_name: str, variant: str, batch_size: int, seed: int = 0) -> tuple[Any, dict[str, Any]]:
-    """A step function for one variant, and a record with its one-off setup time."""
+    """A step function for one variant ("ddp": this rank's, in an initialized process group), and a record
+    with its one-off setup time."""
     torch.manual_seed(seed)
     model = create_model(model_name, num_classes=43)
     fmt = torch.contiguous_format if variant == "eager-nchw" else torch.channels_last
     model.to(memory_format=fmt).train()
-    forward = torch.compile(model) if variant == "compile" else model  # inductor: C++ kernels on the CPU
+    forward: Any = model
+    if variant == "compile":
+        forward = torch.compile(model)  # inductor: C++ kernels on the CPU
+    elif variant == "ddp":
+        forward = nn.parallel.DistributedDataParallel(model)  # all-reduces gradients during backward
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     x = torch.rand(batch_size, 3, 32, 32).contiguous(memory_format=fmt)
@@ -56,21 +66,74 @@ def build(model_name: str, variant: str, batch_size: int, seed: int = 0) -> tupl
     return step, {"first_step_s": time.perf_counter() - t0}
 
 
-def measure(model_name: str, batch_size: int, rounds: int, steps: int, warmup: int) -> dict[str, Any]:
-    built = {v: build(model_name, v, batch_size) for v in VARIANTS}
-    for step, _ in built.values():
-        for _ in range(warmup):
+def _ddp_rank(rank: int, world: int, port: int, model_name: str, batch_size: int, go: list[Any], done: Any) -> None:
+    """One data-parallel process: runs `n` steps on its share of the batch for every n put on go[rank]
+    (0 ends it); rank 0 puts the seconds per step on `done`."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    step, _ = build(model_name, "ddp", batch_size // world)
+    while (n := go[rank].get()) > 0:
+        t0 = time.perf_counter()
+        for _ in range(n):
             step()
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in range(rounds):
-        for v, (step, _) in built.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step()
-            times[v].append((time.perf_counter() - t0) / steps)
+        if rank == 0:
+            done.put((time.perf_counter() - t0) / n)
+    dist.destroy_process_group()
+
+
+class DataParallel:
+    """`world` spawned single-thread processes that train one model together (see _ddp_rank)."""
+
+    def __init__(self, model_name: str, batch_size: int, world: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.go, self.done = [ctx.SimpleQueue() for _ in range(world)], ctx.SimpleQueue()
+        with socket.socket() as s:  # a free port for the process group's rendezvous
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.procs = [ctx.Process(target=_ddp_rank, args=(r, world, port, model_name, batch_size, self.go, self.done))
+                      for r in range(world)]
+        for p in self.procs:
+            p.start()
+
+    def __call__(self, steps: int) -> float:
+        """Seconds per (whole-batch) step over `steps` steps."""
+        for q in self.go:
+            q.put(steps)
+        return self.done.get()
+
+    def close(self) -> None:
+        for q in self.go:
+            q.put(0)
+        for p in self.procs:
+            p.join()
+
+
+def measure(model_name: str, batch_size: int, rounds: int, steps: int, warmup: int, threads: int) -> dict[str, Any]:
+    built = {v: build(model_name, v, batch_size) for v in VARIANTS}
+    blocks: dict[str, Any] = {v: (lambda n, step=step: _timed(step, n)) for v, (step, _) in built.items()}
+    ddp = DataParallel(model_name, batch_size, threads) if threads > 1 else None
+    if ddp is not None:
+        blocks["ddp"] = ddp
+    try:
+        for block in blocks.values():
+            block(warmup)
+        times: dict[str, list[float]] = {v: [] for v in blocks}
+        for _ in range(rounds):
+            for v, block in blocks.items():
+                times[v].append(block(steps))
+    finally:
+        if ddp is not None:
+            ddp.close()
     ref = statistics.median(times[VARIANTS[0]])
-    return {v: {"ms_per_step": 1000 * statistics.median(times[v]), "vs_eager": statistics.median(times[v]) / ref,
-                "compile_s": built[v][1]["first_step_s"] if v == "compile" else None} for v in VARIANTS}
+    return {v: {"ms_per_step": 1000 * statistics.median(t), "vs_eager": statistics.median(t) / ref,
+                "compile_s": built[v][1]["first_step_s"] if v == "compile" else None} for v, t in times.items()}
+
+
+def _timed(step: Any, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t0) / n
 
 
 def measure_predict(model_name: str, batch_sizes: list[int], n_images: int, rounds: int) -> dict[str, Any]:
@@ -105,7 +168,7 @@ def main() -> None:
           f"{args.rounds} rounds x {args.steps} steps per variant")
     print(f"{'model':<12} {'variant':<11} {'ms/step':>8} {'time ratio':>10} {'compile s':>10}")
     for name in filter(None, args.models.split(",")):
-        results[name] = measure(name, args.batch_size, args.rounds, args.steps, args.warmup)
+        results[name] = measure(name, args.batch_size, args.rounds, args.steps, args.warmup, args.threads)
         for v, r in results[name].items():
             compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
             print(f"{name:<12} {v:<11} {r['ms_per_step']:8.1f} {r['vs_eager']:9.2f}x {compile_s:>10}")
