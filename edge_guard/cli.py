@@ -194,9 +194,9 @@ def train(
     from edge_guard.training.train import TrainConfig
     from edge_guard.training.train import train as train_model
 
-    config = TrainConfig(data=data, model=model, epochs=epochs, val_every=val_every, out_dir=out, resume=resume, seed=seed, limit=limit,
-                         batch_size=batch_size, lr=lr, val_fraction=val_fraction, num_threads=threads,
-                         device=device, augment=augment, skip_bad=skip_bad,
+    config = TrainConfig(data=data, model=model, epochs=epochs, val_every=val_every, out_dir=out, resume=resume,
+                         seed=seed, limit=limit, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
+                         num_threads=threads, device=device, augment=augment, skip_bad=skip_bad,
                          jpeg_augment=tuple(parse_int_list(jpeg_augment, "--jpeg-augment")),
                          jpeg_p=jpeg_p, eval_qualities=tuple(parse_qualities_or_none(eval_qualities, "--eval-qualities")))
     dataset = load_dataset(data, "train", config.size, skip_bad=skip_bad, limit=limit, seed=seed, cache_dir=cache_dir)
@@ -255,8 +255,8 @@ def vaccinate(
     typer.echo(dataset.report.summary())
     result = vaccinate_members(
         base, data=folder, dataset=dataset, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
-        epochs=epochs, shared_epochs=shared_epochs, val_every=val_every, lr=lr, adversarial=adversarial, num_threads=threads,
-        device=device, subsampling=subsampling, backend=backend, out_dir=out, resume=resume, echo=typer.echo,
+        epochs=epochs, shared_epochs=shared_epochs, val_every=val_every, lr=lr, adversarial=adversarial,
+        num_threads=threads, device=device, subsampling=subsampling, backend=backend, out_dir=out, resume=resume, echo=typer.echo,
         eval_qualities=measured_at)
     m = result.metrics
     for name, member in m["members"].items():

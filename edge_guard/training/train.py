@@ -216,7 +216,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
         echo: Callable[[str], None] | None = None,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
         start: WarmStart | None = None) -> TrainResult:
-    """Train `model` on train_set, pick the best epoch by accuracy on views[val_view], write the run folder.
+    """Train `model` on train_set, pick the best validated epoch (config.val_every) by accuracy on
+    views[val_view], write the run folder.
 
     views: name -> uint8 (N, H, W, 3) versions of val_set.images ("clean", "jpeg_10", ..., "slq"),
     see `robustness_views`. train_transform: the vaccination step, applied to each (augmented) batch.

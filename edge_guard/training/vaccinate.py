@@ -104,8 +104,8 @@ def vaccinate(
     randomly picked member's, and every member continues from there: N x (members - 1) epochs less work,
     but members that share more mistakes and fall to the same adaptive attacks (0: each member trains
     alone, as in Das et al.). val_every: validate each member after every N-th epoch and after its last
-    (best.pt is its best validated epoch). adversarial: also train on adversarial images made against each member
-    through its own defense (see edge_guard.training.adversarial).
+    (best.pt is its best validated epoch). adversarial: also train on adversarial images made against each
+    member through its own defense (see edge_guard.training.adversarial).
     Returns a VaccinateResult (see module docstring).
     """
     qualities = sorted({int(q) for q in qualities})
@@ -124,8 +124,8 @@ def vaccinate(
     cfg = dataclasses.replace(
         base_cfg, data=str(data) if data is not None else base_cfg.data, epochs=epochs, lr=lr, schedule="cosine",
         batch_size=batch_size or base_cfg.batch_size, augment=base_cfg.augment if augment is None else augment,
-        num_threads=num_threads, device=device, val_every=val_every, subsampling=subsampling, backend=backend, jpeg_augment=(),
-        slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume, out_dir=str(out_dir),
+        num_threads=num_threads, device=device, val_every=val_every, subsampling=subsampling, backend=backend,
+        jpeg_augment=(), slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume, out_dir=str(out_dir),
         eval_qualities=base_cfg.eval_qualities if eval_qualities is None else tuple(int(q) for q in eval_qualities))
     train_set, val_set = _member_data(cfg, dataset, base)
     out = Path(out_dir)
