@@ -146,7 +146,9 @@ def load_dataset(
         report = LoadReport("cifar10", str(cifar), split, len(labels), seconds=time.perf_counter() - t0, notes=notes)
         return Dataset(images, labels, np.full(len(labels), -1, np.int64), classes, report)
     plan = detect(root, split)
-    options = {"split": split, "size": hw, "roi": roi, "skip_bad": skip_bad, "limit": limit, "seed": seed}
+    # the seed picks the --limit subset and nothing else: without a limit, every seed shares one cache
+    options = {"split": split, "size": hw, "roi": roi, "skip_bad": skip_bad, "limit": limit,
+               "seed": seed if limit is not None else None}
     cache_path = _cache_path(plan, options, cache_dir) if cache else None
     if cache_path is not None:
         hit = _read_cache(cache_path)

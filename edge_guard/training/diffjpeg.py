@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edge_guard.errors import InputError, expected_got
+from edge_guard.jpeg import DEFAULT_SLQ_QUALITIES
 
 SUBSAMPLINGS = ("420", "422", "444")
 ROUNDINGS = ("ste", "cubic")
@@ -353,7 +354,7 @@ class DiffSLQ(nn.Module):
         >>> y = slq(torch.rand(4, 3, 32, 32), generator=torch.Generator().manual_seed(0))
     """
 
-    def __init__(self, qualities: Sequence[int] = (20, 40, 60, 80), subsampling: str = "420",
+    def __init__(self, qualities: Sequence[int] = DEFAULT_SLQ_QUALITIES, subsampling: str = "420",
                  rounding: str = "ste") -> None:
         super().__init__()
         if isinstance(qualities, (str, bytes)) or not isinstance(qualities, Sequence) or not qualities:

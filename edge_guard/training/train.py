@@ -42,7 +42,7 @@ from edge_guard.training.models import count_parameters, create_model
 BatchTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 EVAL_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"  # --device values; see resolve_device
-SLQ_QUALITIES = (20, 40, 60, 80)
+SLQ_QUALITIES = jpeg.DEFAULT_SLQ_QUALITIES  # SHIELD's set, as the runtime's SLQ uses
 
 
 @dataclass(frozen=True)

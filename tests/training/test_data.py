@@ -171,6 +171,9 @@ def test_cache_hit_returns_same_arrays_and_invalidates(tmp_path: Path) -> None:
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
     assert second.classes == first.classes and second.report.roi == first.report.roi
     assert load(tmp_path / "g", tmp_path, size=16).report.cache.startswith("miss")  # options are in the key
+    assert load(tmp_path / "g", tmp_path, seed=1).report.cache.startswith("hit")  # no --limit: the seed is unused
+    assert load(tmp_path / "g", tmp_path, limit=3, seed=1).report.cache.startswith("miss")
+    assert load(tmp_path / "g", tmp_path, limit=3, seed=2).report.cache.startswith("miss")  # another subset
     csv_file = tmp_path / "g" / "Final_Training" / "Images" / "00000" / "GT-00000.csv"
     csv_file.write_text(csv_file.read_text().replace("00000_00001.ppm;64", "00000_00001.ppm;65"))
     os.utime(csv_file, ns=(1, 1))
