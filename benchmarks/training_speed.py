@@ -73,11 +73,9 @@ def _ddp_rank(rank: int, world: int, port: int, model_name: str, batch_size: int
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     step, _ = build(model_name, "ddp", batch_size // world)
     while (n := go[rank].get()) > 0:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            step()
+        seconds = _timed(step, n)
         if rank == 0:
-            done.put((time.perf_counter() - t0) / n)
+            done.put(seconds)
     dist.destroy_process_group()
 
 

@@ -256,8 +256,8 @@ def vaccinate(
     result = vaccinate_members(
         base, data=folder, dataset=dataset, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
         epochs=epochs, shared_epochs=shared_epochs, val_every=val_every, lr=lr, adversarial=adversarial,
-        num_threads=threads, device=device, subsampling=subsampling, backend=backend, out_dir=out, resume=resume, echo=typer.echo,
-        eval_qualities=measured_at)
+        num_threads=threads, device=device, subsampling=subsampling, backend=backend, out_dir=out, resume=resume,
+        echo=typer.echo, eval_qualities=measured_at)
     m = result.metrics
     for name, member in m["members"].items():
         typer.echo(f"  {name:>4}: {100 * member['val_accuracy']:.2f}% on {member['preprocessing']}")
