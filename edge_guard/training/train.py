@@ -29,6 +29,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
+from torch.nn import functional as F
 
 from edge_guard import jpeg
 from edge_guard.errors import ConfigError, expected_got
@@ -89,6 +90,11 @@ class TrainConfig:
     subsampling: str = "420"
     backend: str = "auto"
     channels_last: bool = True  # 10-20% faster training steps on the CPU (benchmarks/training_speed.py)
+    # progressive resizing: (side px, epochs) stages trained first on images downscaled (antialiased) to
+    # `side`, then the remaining epochs at full size, where the model adapts to it (fast.ai's progressive
+    # resizing; Touvron et al. 2019, "FixRes"). A ResNet-14 step at 16 px costs ~0.27x one at 32 px, at
+    # 24 px ~0.55x. Low-res epochs are not validated: they are not the size the model is meant for
+    low_res: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         checks = [
@@ -109,11 +115,24 @@ class TrainConfig:
             (all(1 <= q <= 100 for q in self.jpeg_augment), "jpeg_augment", "JPEG qualities in 1..100",
              self.jpeg_augment),
             (0 <= self.jpeg_p <= 1, "jpeg_p", "in [0, 1]", self.jpeg_p),
+            (all(len(stage) == 2 and 8 <= stage[0] < self.size and stage[1] >= 1 for stage in self.low_res),
+             "low_res", f"(side, epochs) stages with side in 8..{self.size - 1} and epochs >= 1", self.low_res),
+            (sum(stage[1] for stage in self.low_res if len(stage) == 2) < self.epochs, "low_res",
+             f"fewer low-res epochs than epochs ({self.epochs}), so the model ends at full size", self.low_res),
         ]
         for ok, what, expected, got in checks:
             if not ok:
                 raise ConfigError(expected_got(what, expected, got))
         self.augmentation()  # validates the jitter ranges
+
+    def side_at(self, epoch: int) -> int:
+        """Training image side, pixels, for 0-based `epoch` (config.size once the low_res stages are done)."""
+        end = 0
+        for side, epochs in self.low_res:
+            end += epochs
+            if epoch < end:
+                return side
+        return self.size
 
     def augmentation(self) -> AugmentConfig:
         return AugmentConfig(self.rotate_deg, tuple(self.scale_range), self.translate_px,  # type: ignore[arg-type]
@@ -247,14 +266,17 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     log(f"train {config.model} ({count_parameters(model)} params) on {len(train_set)} images, "
         f"val {len(val_set)} ({val_view}), epochs {state['epoch'] + 1}..{config.epochs}, "
         f"vaccination {vaccination['kind']}"
-        + (f" {vaccination.get('quality') or vaccination.get('qualities')}" if vaccination["kind"] != "none" else ""))
+        + (f" {vaccination.get('quality') or vaccination.get('qualities')}" if vaccination["kind"] != "none" else "")
+        + (", low-res epochs first: " + ", ".join(f"{n} at {side} px" for side, n in config.low_res)
+           if config.low_res else ""))
     val_images, val_labels = views[val_view], val_set.labels
     best_logits: dict[str, np.ndarray] = {}  # the best epoch's logits on views[val_view], reused at the end
     for epoch in range(state["epoch"], config.epochs):
         t0 = time.perf_counter()
         loss, acc = _train_epoch(model, optimizer, scheduler, train_set, config, epoch, steps, train_transform,
                                  progress)
-        validate = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+        side = config.side_at(epoch)  # a low-res epoch is not validated: it is not the model's input size
+        validate = ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs) and side == config.size
         epoch_logits = predict_logits(model, val_images, device=device) if validate else None
         val_acc = logits_accuracy(epoch_logits, val_labels) if epoch_logits is not None else None
         record = {"epoch": epoch + 1, "train_loss": round(loss, 5), "train_accuracy": round(acc, 5),
@@ -267,7 +289,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
         meta = dict(model_name=config.model, model_kwargs=model_kwargs, classes=list(train_set.classes),
                     input_size=train_set.size, vaccination=vaccination, run_config=run_config)
         _save_epoch(model, optimizer, scheduler, state, record, meta, out, is_best)
-        log(f"epoch {epoch + 1}/{config.epochs} loss {loss:.4f} train acc {acc:.4f} val acc "
+        log(f"{_epoch_label(config, epoch)} loss {loss:.4f} train acc {acc:.4f} val acc "
             + (f"{val_acc:.4f}{' (best)' if is_best else ''}" if val_acc is not None else "not measured")
             + f" {record['seconds']:.1f} s")
         if on_epoch_end is not None:
@@ -310,10 +332,29 @@ def _prepare(model: nn.Module, train_set: Dataset, config: TrainConfig) -> tuple
     _set_threads(config)
     device = resolve_device(config.device)
     model.to(device)
+    _check_low_res(model, config, device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     steps = max(1, len(train_set) // config.batch_size)
     return (device, steps, *_make_optimizer(model, config, steps))
+
+
+def _check_low_res(model: nn.Module, config: TrainConfig, device: torch.device) -> None:
+    """Fail before training when the model cannot take a low_res stage's side (e.g. a flatten head)."""
+    was_training = model.training
+    model.eval()  # no batch-norm statistics are updated by the probe
+    try:
+        with torch.no_grad():
+            for side, _ in config.low_res:
+                try:
+                    model(torch.zeros(1, 3, side, side, device=device))
+                except RuntimeError as exc:
+                    raise ConfigError(expected_got(
+                        "low_res", f"a model that takes {side}x{side} images", f"{config.model}: {exc}".splitlines()[0],
+                        "use a model with global pooling (resnet14, resnet_small, compact_cnn with head gap) "
+                        "or train without low-res epochs.")) from None
+    finally:
+        model.train(was_training)
 
 
 def _save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: dict[str, Any],
@@ -336,17 +377,18 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
     torch.manual_seed(int(rng.integers(2**62)))  # dropout (the only user of the global torch RNG)
     order = rng.permutation(len(data))
     aug = config.augmentation()
+    side = config.side_at(epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    columns = (TextColumn(f"epoch {epoch + 1}/{config.epochs}"), BarColumn(), MofNCompleteColumn(),
+    columns = (TextColumn(_epoch_label(config, epoch)), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
     console = Console()
     with Progress(*columns, console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
         task = bar.add_task("train", total=steps, loss=float("nan"))
         for step in range(steps):
             idx = np.sort(order[step * config.batch_size:(step + 1) * config.batch_size])
-            x = make_batch(data.images[idx], config, aug if config.augment else None, gen, transform, rng)
+            x = make_batch(data.images[idx], config, aug if config.augment else None, gen, transform, rng, side)
             y = torch.from_numpy(data.labels[idx]).to(device)
             logits = model(x.to(device))
             loss = loss_fn(logits, y)
@@ -361,14 +403,23 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
     return total_loss / seen, correct / seen
 
 
+def _epoch_label(config: TrainConfig, epoch: int) -> str:
+    """'epoch 3/15', plus the side during low-res epochs: 'epoch 3/15 (16 px)'."""
+    side = config.side_at(epoch)
+    return f"epoch {epoch + 1}/{config.epochs}" + (f" ({side} px)" if side != config.size else "")
+
+
 def make_batch(images: np.ndarray, config: TrainConfig, aug: AugmentConfig | None, gen: torch.Generator,
-               transform: BatchTransform | None, rng: np.random.Generator) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW [0, 1]: augment (torch), then the vaccination transform on uint8."""
+               transform: BatchTransform | None, rng: np.random.Generator, side: int | None = None) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW [0, 1]: augment (torch), then the vaccination transform on uint8, then
+    (side smaller than the images) an antialiased bilinear downscale to side x side."""
     x = to_tensor(images)
     if aug is not None:
         x = augment_batch(x, gen, aug)
     if transform is not None:
         x = to_tensor(transform(to_uint8(x), rng))
+    if side is not None and side != x.shape[-1]:
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
     return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x.contiguous()
 
 

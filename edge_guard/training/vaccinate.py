@@ -125,7 +125,8 @@ def vaccinate(
         base_cfg, data=str(data) if data is not None else base_cfg.data, epochs=epochs, lr=lr, schedule="cosine",
         batch_size=batch_size or base_cfg.batch_size, augment=base_cfg.augment if augment is None else augment,
         num_threads=num_threads, device=device, val_every=val_every, subsampling=subsampling, backend=backend,
-        jpeg_augment=(), slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume, out_dir=str(out_dir),
+        jpeg_augment=(), low_res=(), slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume,
+        out_dir=str(out_dir),
         eval_qualities=base_cfg.eval_qualities if eval_qualities is None else tuple(int(q) for q in eval_qualities))
     train_set, val_set = _member_data(cfg, dataset, base)
     out = Path(out_dir)
@@ -280,12 +281,17 @@ def _shared_start(model: Any, train_set: Dataset, cfg: TrainConfig, specs: list[
 def _base_config(run_config: dict[str, Any]) -> TrainConfig:
     """TrainConfig from a checkpoint's run_config (JSON lists back to tuples; unknown keys ignored)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in run_config.items() if k in names}
+    kwargs = {k: _tuples(v) for k, v in run_config.items() if k in names}
     kwargs["model_kwargs"] = {}
     try:
         return TrainConfig(**kwargs)
     except (TypeError, ConfigError) as exc:
         raise ConfigError(f"base checkpoint run_config is not a usable training config: {exc}") from None
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists (nested too, as low_res's stages) back to the tuples TrainConfig holds."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _member_data(cfg: TrainConfig, dataset: Dataset | None, base: dict[str, Any]) -> tuple[Dataset, Dataset]:
