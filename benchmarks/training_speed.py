@@ -4,7 +4,9 @@
 
 1. The training step: eager channels_last (what `fit` uses), eager NCHW, torch.compile, and data-parallel
 ("ddp": --threads processes of one thread each, each on its share of the batch, gradients averaged by
-torch DDP over gloo, as torchrun would run `fit`; the time is per whole batch).
+torch DDP over gloo, as torchrun would run `fit`; the time is per whole batch), and the low-res steps of
+progressive resizing (`train --low-res`: "24px", "16px", the batch downscaled as `make_batch` does, for
+models that take any input size).
 One step is what `edgeguard train` does per batch: forward, label-smoothed cross-entropy, backward,
 AdamW step, on a float32 batch (--batch-size, 3, 32, 32) in [0, 1]. The variants run in interleaved
 rounds (one block of --steps steps each per round, after --warmup steps) so that machine noise hits all
@@ -31,6 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn import functional as F
 
 from edge_guard.training.models import create_model
 from edge_guard.training.train import predict_logits
@@ -54,9 +57,12 @@ def build(model_name: str, variant: str, batch_size: int, seed: int = 0) -> tupl
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     x = torch.rand(batch_size, 3, 32, 32).contiguous(memory_format=fmt)
     y = torch.randint(0, 43, (batch_size,))
+    side = int(variant[:-2]) if variant.endswith("px") else None  # a low-res step: "16px" -> 16
 
     def step() -> None:
-        loss = loss_fn(forward(x), y)
+        inp = x if side is None else F.interpolate(x, size=(side, side), mode="bilinear", antialias=True,
+                                                   align_corners=False).contiguous(memory_format=fmt)
+        loss = loss_fn(forward(inp), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -106,8 +112,19 @@ class DataParallel:
             p.join()
 
 
-def measure(model_name: str, batch_size: int, rounds: int, steps: int, warmup: int, threads: int) -> dict[str, Any]:
-    built = {v: build(model_name, v, batch_size) for v in VARIANTS}
+def takes_any_size(model_name: str, side: int) -> bool:
+    """Whether the model runs on side x side images (a flatten head takes its input size only)."""
+    try:
+        create_model(model_name, num_classes=43).eval()(torch.zeros(1, 3, side, side))
+    except RuntimeError:
+        return False
+    return True
+
+
+def measure(model_name: str, batch_size: int, rounds: int, steps: int, warmup: int, threads: int,
+            low_res: list[int]) -> dict[str, Any]:
+    variants = VARIANTS + tuple(f"{side}px" for side in low_res if takes_any_size(model_name, side))
+    built = {v: build(model_name, v, batch_size) for v in variants}
     blocks: dict[str, Any] = {v: (lambda n, step=step: _timed(step, n)) for v, (step, _) in built.items()}
     ddp = DataParallel(model_name, batch_size, threads) if threads > 1 else None
     if ddp is not None:
@@ -156,6 +173,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--low-res", default="24,16", help="sides of the low-res step variants")
     parser.add_argument("--predict-batches", default="128,512")
     parser.add_argument("--predict-images", type=int, default=7830)  # GTSRB's validation tracks
     parser.add_argument("--out", type=Path, default=None)
@@ -166,7 +184,8 @@ def main() -> None:
           f"{args.rounds} rounds x {args.steps} steps per variant")
     print(f"{'model':<12} {'variant':<11} {'ms/step':>8} {'time ratio':>10} {'compile s':>10}")
     for name in filter(None, args.models.split(",")):
-        results[name] = measure(name, args.batch_size, args.rounds, args.steps, args.warmup, args.threads)
+        results[name] = measure(name, args.batch_size, args.rounds, args.steps, args.warmup, args.threads,
+                                [int(side) for side in args.low_res.split(",") if side.strip()])
         for v, r in results[name].items():
             compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
             print(f"{name:<12} {v:<11} {r['ms_per_step']:8.1f} {r['vs_eager']:9.2f}x {compile_s:>10}")

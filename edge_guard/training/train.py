@@ -92,8 +92,8 @@ class TrainConfig:
     channels_last: bool = True  # 10-20% faster training steps on the CPU (benchmarks/training_speed.py)
     # progressive resizing: (side px, epochs) stages trained first on images downscaled (antialiased) to
     # `side`, then the remaining epochs at full size, where the model adapts to it (fast.ai's progressive
-    # resizing; Touvron et al. 2019, "FixRes"). A ResNet-14 step at 16 px costs ~0.27x one at 32 px, at
-    # 24 px ~0.55x. Low-res epochs are not validated: they are not the size the model is meant for
+    # resizing; Touvron et al. 2019, "FixRes"). A ResNet-14 step at 16 px costs ~0.3x one at 32 px, at
+    # 24 px ~0.6x (benchmarks/training_speed.py). Low-res epochs are not validated: not the model's input size
     low_res: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
