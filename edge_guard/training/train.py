@@ -115,14 +115,16 @@ class TrainConfig:
             (all(1 <= q <= 100 for q in self.jpeg_augment), "jpeg_augment", "JPEG qualities in 1..100",
              self.jpeg_augment),
             (0 <= self.jpeg_p <= 1, "jpeg_p", "in [0, 1]", self.jpeg_p),
-            (all(len(stage) == 2 and 8 <= stage[0] < self.size and stage[1] >= 1 for stage in self.low_res),
-             "low_res", f"(side, epochs) stages with side in 8..{self.size - 1} and epochs >= 1", self.low_res),
-            (sum(stage[1] for stage in self.low_res if len(stage) == 2) < self.epochs, "low_res",
-             f"fewer low-res epochs than epochs ({self.epochs}), so the model ends at full size", self.low_res),
+            (all(isinstance(stage, (tuple, list)) and len(stage) == 2 and 8 <= stage[0] < self.size
+                 and stage[1] >= 1 for stage in self.low_res), "low_res",
+             f"(side, epochs) stages with side in 8..{self.size - 1} and epochs >= 1", self.low_res),
         ]
         for ok, what, expected, got in checks:
             if not ok:
                 raise ConfigError(expected_got(what, expected, got))
+        if sum(epochs for _, epochs in self.low_res) >= self.epochs:  # the stages are well-formed by now
+            raise ConfigError(expected_got("low_res", f"fewer low-res epochs than epochs ({self.epochs}), so the "
+                                           "model ends at full size", self.low_res))
         self.augmentation()  # validates the jitter ranges
 
     def side_at(self, epoch: int) -> int:

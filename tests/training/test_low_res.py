@@ -33,7 +33,7 @@ def test_side_at_follows_the_stages_and_bad_stages_are_refused() -> None:
     cfg = TrainConfig(epochs=8, low_res=((16, 3), (24, 2)))
     assert [cfg.side_at(e) for e in range(8)] == [16, 16, 16, 24, 24, 32, 32, 32]
     assert [TrainConfig(epochs=2).side_at(e) for e in range(2)] == [32, 32]
-    for bad in (((32, 1),), ((7, 1),), ((16, 0),), ((16, 4),), ((16, 2), (24, 2)), ((16,),)):
+    for bad in (((32, 1),), ((7, 1),), ((16, 0),), ((16, 4),), ((16, 2), (24, 2)), ((16,),), (16, 2)):
         with pytest.raises(ConfigError, match="low_res"):
             TrainConfig(epochs=4, low_res=bad)
 
