@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edge_guard.training.models import create_model
-from edge_guard.training.train import predict_logits
+from edge_guard.training.train import accepts_side, predict_logits
 
 VARIANTS = ("eager", "eager-nchw", "compile")  # in-process; the first is the reference
 
@@ -112,18 +112,10 @@ class DataParallel:
             p.join()
 
 
-def takes_any_size(model_name: str, side: int) -> bool:
-    """Whether the model runs on side x side images (a flatten head takes its input size only)."""
-    try:
-        create_model(model_name, num_classes=43).eval()(torch.zeros(1, 3, side, side))
-    except RuntimeError:
-        return False
-    return True
-
-
 def measure(model_name: str, batch_size: int, rounds: int, steps: int, warmup: int, threads: int,
             low_res: list[int]) -> dict[str, Any]:
-    variants = VARIANTS + tuple(f"{side}px" for side in low_res if takes_any_size(model_name, side))
+    probe = create_model(model_name, num_classes=43)
+    variants = VARIANTS + tuple(f"{side}px" for side in low_res if accepts_side(probe, side))
     built = {v: build(model_name, v, batch_size) for v in variants}
     blocks: dict[str, Any] = {v: (lambda n, step=step: _timed(step, n)) for v, (step, _) in built.items()}
     ddp = DataParallel(model_name, batch_size, threads) if threads > 1 else None
@@ -131,7 +123,8 @@ def measure(model_name: str, batch_size: int, rounds: int, steps: int, warmup: i
         blocks["ddp"] = ddp
     try:
         for block in blocks.values():
-            block(warmup)
+            if warmup:  # --warmup 0: none (a block of 0 steps has no time per step)
+                block(warmup)
         times: dict[str, list[float]] = {v: [] for v in blocks}
         for _ in range(rounds):
             for v, block in blocks.items():

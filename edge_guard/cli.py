@@ -96,9 +96,9 @@ def parse_low_res(text: str) -> list[tuple[int, int]]:
 
     stages = []
     for part in (p.strip() for p in text.split(",")):
-        side, colon, epochs = part.partition(":")
         if not part:
             continue
+        side, colon, epochs = part.partition(":")
         if not (colon and side.strip().isdigit() and epochs.strip().isdigit()):
             raise ConfigError(expected_got("--low-res", "SIDE:EPOCHS stages like 16:5,24:5", repr(text)))
         stages.append((int(side), int(epochs)))

@@ -343,18 +343,25 @@ def _prepare(model: nn.Module, train_set: Dataset, config: TrainConfig) -> tuple
 
 def _check_low_res(model: nn.Module, config: TrainConfig, device: torch.device) -> None:
     """Fail before training when the model cannot take a low_res stage's side (e.g. a flatten head)."""
+    for side, _ in config.low_res:
+        if not accepts_side(model, side, device):
+            raise ConfigError(expected_got(
+                "low_res", f"a model that takes {side}x{side} images", f"{config.model}, which does not",
+                "use a model with global pooling (resnet14, resnet_small, compact_cnn with head gap) "
+                "or train without low-res epochs."))
+
+
+def accepts_side(model: nn.Module, side: int, device: torch.device | str = "cpu") -> bool:
+    """Whether `model` runs on float32 (1, 3, side, side) inputs (a flatten head takes one input size only).
+    The probe runs in eval mode (no batch-norm statistics change) and restores the model's mode."""
     was_training = model.training
-    model.eval()  # no batch-norm statistics are updated by the probe
+    model.eval()
     try:
         with torch.no_grad():
-            for side, _ in config.low_res:
-                try:
-                    model(torch.zeros(1, 3, side, side, device=device))
-                except RuntimeError as exc:
-                    raise ConfigError(expected_got(
-                        "low_res", f"a model that takes {side}x{side} images", f"{config.model}: {exc}".splitlines()[0],
-                        "use a model with global pooling (resnet14, resnet_small, compact_cnn with head gap) "
-                        "or train without low-res epochs.")) from None
+            model(torch.zeros(1, 3, side, side, device=device))
+        return True
+    except RuntimeError:
+        return False
     finally:
         model.train(was_training)
 

@@ -72,7 +72,7 @@ def test_low_res_epochs_train_small_and_only_full_size_epochs_are_validated(tmp_
 
 
 def test_a_model_that_takes_one_size_only_is_refused_before_training(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="16x16 images.*global pooling"):
+    with pytest.raises(ConfigError, match="16x16 images, got compact_cnn.*global pooling"):
         train(config(tmp_path / "r", model_kwargs={"widths": [16, 32, 64]}), make_dataset(n_per_class=10),
               progress=False)
     assert not (tmp_path / "r" / "last.pt").exists()
