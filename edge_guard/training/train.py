@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,23 +202,36 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *, progress: bool
                on_epoch_end=on_epoch_end)
 
 
+def route_per_image(images: np.ndarray, choice: np.ndarray, steps: Sequence[BatchTransform],
+                    rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+    """Write steps[choice[i]](images[i]) into out[i], one batched call per step, in step order (so the
+    steps draw from `rng` reproducibly). Images whose choice is outside 0..len(steps)-1 keep out's value.
+    images and out: uint8 (N, H, W, 3); choice: int (N,)."""
+    for i, step in enumerate(steps):
+        idx = np.flatnonzero(choice == i)
+        if len(idx):
+            out[idx] = step(images[idx], rng)
+    return out
+
+
 def jpeg_augment_transform(qualities: tuple[int, ...], p: float, subsampling: str = "420",
                            backend: str = "auto") -> BatchTransform:
     """A BatchTransform that JPEG round-trips each image with probability p at a quality drawn uniformly
     from `qualities` (the runtime codec and settings); the other images pass unchanged. uint8 NHWC in/out."""
-    choices = np.asarray(sorted(set(int(q) for q in qualities)))
+    steps = [functools.partial(_roundtrip_step, quality=q, subsampling=subsampling, backend=backend)
+             for q in sorted(set(int(q) for q in qualities))]
 
     def transform(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        picked = rng.integers(len(choices), size=len(images))
+        picked = rng.integers(len(steps), size=len(images))
         hit = rng.random(len(images)) < p
-        out = images.copy()
-        for i, q in enumerate(choices):
-            idx = np.flatnonzero(hit & (picked == i))
-            if len(idx):
-                out[idx] = jpeg.roundtrip(images[idx], int(q), subsampling=subsampling, backend=backend)
-        return out
+        return route_per_image(images, np.where(hit, picked, -1), steps, rng, out=images.copy())
 
     return transform
+
+
+def _roundtrip_step(images: np.ndarray, rng: np.random.Generator, *, quality: int, subsampling: str,
+                    backend: str) -> np.ndarray:
+    return jpeg.roundtrip(images, quality, subsampling=subsampling, backend=backend)
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:

@@ -57,6 +57,7 @@ from edge_guard.training.train import (
     logits_accuracy,
     predict_logits,
     robustness_views,
+    route_per_image,
     warm_start,
 )
 
@@ -240,12 +241,7 @@ def mixed_transform(steps: Sequence[BatchTransform]) -> BatchTransform:
 
     def transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         pick = rng.integers(len(steps), size=len(x))
-        out = np.empty_like(x)
-        for i, step in enumerate(steps):
-            idx = np.flatnonzero(pick == i)
-            if len(idx):
-                out[idx] = step(x[idx], rng)
-        return out
+        return route_per_image(x, pick, steps, rng, out=np.empty_like(x))
 
     return transform
 
