@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import re
 import time
@@ -85,7 +84,7 @@ class TrainConfig:
     # JPEG augmentation of the base: each training image is round-tripped with probability jpeg_p at a
     # quality drawn from jpeg_augment (empty: off). The base then reads JPEG nearly as well as vaccinated
     # members do, but perturbations crafted on it survive JPEG, so members fine-tuned from it lose most
-    # of the gray-box defense (README, "Train and vaccinate"); off for bases meant to be vaccinated.
+    # of the gray-box defense (docs/gtsrb-experiments.md, "A JPEG-aware base"); off for bases to vaccinate.
     jpeg_augment: tuple[int, ...] = ()
     jpeg_p: float = 0.5
     subsampling: str = "420"
@@ -218,7 +217,7 @@ def jpeg_augment_transform(qualities: tuple[int, ...], p: float, subsampling: st
                            backend: str = "auto") -> BatchTransform:
     """A BatchTransform that JPEG round-trips each image with probability p at a quality drawn uniformly
     from `qualities` (the runtime codec and settings); the other images pass unchanged. uint8 NHWC in/out."""
-    steps = [functools.partial(_roundtrip_step, quality=q, subsampling=subsampling, backend=backend)
+    steps = [lambda x, rng, q=q: jpeg.roundtrip(x, q, subsampling=subsampling, backend=backend)
              for q in sorted(set(int(q) for q in qualities))]
 
     def transform(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -227,11 +226,6 @@ def jpeg_augment_transform(qualities: tuple[int, ...], p: float, subsampling: st
         return route_per_image(images, np.where(hit, picked, -1), steps, rng, out=images.copy())
 
     return transform
-
-
-def _roundtrip_step(images: np.ndarray, rng: np.random.Generator, *, quality: int, subsampling: str,
-                    backend: str) -> np.ndarray:
-    return jpeg.roundtrip(images, quality, subsampling=subsampling, backend=backend)
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
