@@ -33,10 +33,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.nn import functional as F
 
 from edge_guard.training.models import create_model
-from edge_guard.training.train import accepts_side, predict_logits
+from edge_guard.training.train import accepts_side, downscale, predict_logits
 
 VARIANTS = ("eager", "eager-nchw", "compile")  # in-process; the first is the reference
 
@@ -60,8 +59,7 @@ def build(model_name: str, variant: str, batch_size: int, seed: int = 0) -> tupl
     side = int(variant[:-2]) if variant.endswith("px") else None  # a low-res step: "16px" -> 16
 
     def step() -> None:
-        inp = x if side is None else F.interpolate(x, size=(side, side), mode="bilinear", antialias=True,
-                                                   align_corners=False).contiguous(memory_format=fmt)
+        inp = x if side is None else downscale(x, side).contiguous(memory_format=fmt)
         loss = loss_fn(forward(inp), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

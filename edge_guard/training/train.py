@@ -436,8 +436,13 @@ def make_batch(images: np.ndarray, config: TrainConfig, aug: AugmentConfig | Non
     if transform is not None:
         x = to_tensor(transform(to_uint8(x), rng))
     if side is not None and side != x.shape[-1]:
-        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        x = downscale(x, side)
     return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x.contiguous()
+
+
+def downscale(x: torch.Tensor, side: int) -> torch.Tensor:
+    """float32 (N, 3, H, W) -> (N, 3, side, side), antialiased bilinear: the low-res epochs' images."""
+    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
 
 
 @torch.inference_mode()
