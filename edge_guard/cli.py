@@ -165,17 +165,8 @@ def export(
         precision=precision, data=Path(data) if data else None, limit=limit, force=force, overwrite=overwrite,
         vote=vote, defense=defense, max_accuracy_drop=max_accuracy_drop, exporter=exporter, calibration=calibration,
         command=command_line(ctx)))
-    metrics = result.manifest["metrics"]
-    for note in result.notes:
-        typer.echo(note)
-    if "accuracy" in metrics:
-        fgsm = metrics.get("fgsm", {}).get("accuracy")
-        typer.echo(f"clean accuracy {100 * metrics['accuracy']:.2f}% on {metrics['n']} validation images"
-                   + (f", gray-box FGSM (eps 8/255) accuracy {100 * fgsm:.2f}%" if fgsm is not None else ""))
-    else:
-        typer.echo("no validation data: only random-input parity was checked (pass --data to measure accuracy)")
-    typer.echo(f"wrote {result.path} ({len(result.manifest['members'])} members, {precision}"
-               + (", fused" if result.manifest.get("fused") else "") + (", in-graph JPEG" if in_graph_jpeg else "") + ")")
+    for line in result.summary():
+        typer.echo(line)
 
 
 @app.command()

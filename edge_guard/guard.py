@@ -29,6 +29,7 @@ import numpy as np
 
 from edge_guard import jpeg
 from edge_guard.bundle import Bundle, default_bundle_path, load_bundle
+from edge_guard.defense import member_inputs
 from edge_guard.engine import Engine, softmax, vote
 from edge_guard.errors import BundleError, InputError, expected_got
 
@@ -165,7 +166,7 @@ class Guard:
         self.bundle = bundle
         self.engine = engine
         d = bundle.defense
-        self.cpu_defense = d.kind != "none" and not d.in_graph
+        self.cpu_defense = d.on_cpu
         # The JPEG backend the CPU defense uses (None when the bundle needs none on the CPU).
         self.backend: str | None = jpeg.resolve_backend(backend) if self.cpu_defense else None
         if self.cpu_defense and d.per_member and engine.use_fused and not engine.fused_per_member:
@@ -221,39 +222,18 @@ class Guard:
             return np.random.default_rng(self._rng.integers(0, 2**63))
 
     def defend(self, batch: np.ndarray) -> np.ndarray:
-        """Apply the manifest's CPU defense to NxHxWx3 uint8 RGB crops.
+        """Apply the manifest's CPU defense to NxHxWx3 uint8 RGB crops (`edge_guard.defense.member_inputs`).
 
         Returns NxHxWx3 (shared preprocessing, or none) or MxNxHxWx3 (per member, manifest order).
         """
-        d = self.bundle.defense
         if not self.cpu_defense:
             return batch
-        opts = {"subsampling": d.subsampling, "backend": self.backend}
-        if not d.per_member:
-            if d.kind == "jpeg":
-                return jpeg.roundtrip(batch, d.qualities[0], **opts)
-            return jpeg.slq(batch, d.qualities, rng=self._slq_rng(), **opts)  # once for all members
-        by_quality: dict[int, np.ndarray] = {}  # members with the same quality share one round trip
-        out = []
-        for member in self.bundle.members:
-            if member.vaccination == "jpeg":
-                q = int(member.quality)  # type: ignore[arg-type]  # the schema requires it for "jpeg"
-                if q not in by_quality:
-                    by_quality[q] = jpeg.roundtrip(batch, q, **opts)
-                out.append(by_quality[q])
-            elif member.vaccination == "slq":
-                out.append(jpeg.slq(batch, d.qualities, rng=self._slq_rng(), **opts))
-            else:
-                out.append(batch)
-        return np.stack(out)
+        return member_inputs(batch, self.bundle.defense, self.bundle.members, rng=self._slq_rng(),
+                             backend=str(self.backend))
 
     def to_tensor(self, images: np.ndarray) -> np.ndarray:
-        """uint8 ...xHxWx3 -> float32 ...x3xHxW with x = (uint8 * scale - mean) / std."""
-        spec = self.bundle.input
-        x = images.astype(np.float32) * np.float32(spec.scale)
-        if spec.mean != (0.0, 0.0, 0.0) or spec.std != (1.0, 1.0, 1.0):
-            x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+        """uint8 ...xHxWx3 -> float32 ...x3xHxW with x = (uint8 * scale - mean) / std (the manifest's input)."""
+        return self.bundle.input.to_tensor(images)
 
     def warmup(self, n: int = 2) -> None:
         """Run `n` dummy batches through the engine."""

@@ -27,12 +27,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge_guard.errors import CodecError, InputError, expected_got
+from edge_guard.spec import DEFAULT_SLQ_QUALITIES as DEFAULT_SLQ_QUALITIES  # re-exported: SLQ's default set
+from edge_guard.spec import CodecBackend, Subsampling
 
 log = logging.getLogger("edge_guard")
 
-BACKENDS = ("turbojpeg", "opencv")
-SUBSAMPLINGS = ("420", "422", "444")
-DEFAULT_SLQ_QUALITIES = (20, 40, 60, 80)
+BACKENDS = CodecBackend.values()
+SUBSAMPLINGS = Subsampling.values()
 SLQ_BLOCK = 8  # pixels: SHIELD picks one compressed version per 8x8 block (one DCT block)
 
 
@@ -51,9 +52,10 @@ def check_quality(quality: object, what: str = "quality") -> int:
 
 
 def check_subsampling(subsampling: str) -> str:
+    """`subsampling` ("420", "422", "444" or a Subsampling) as its plain string, or raise InputError."""
     if subsampling not in SUBSAMPLINGS:
         raise InputError(expected_got("subsampling", f"one of {', '.join(SUBSAMPLINGS)}", repr(subsampling)))
-    return subsampling
+    return str(subsampling)
 
 
 def as_batch(images: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -340,11 +342,17 @@ def slq(
         uint8 RGB array of the same shape as `images`.
     """
     batch, single = as_batch(images)
-    versions = np.stack([roundtrip(batch, q, subsampling=subsampling, backend=backend)
-                         for q in _check_qualities(qualities)])  # (Q, N, H, W, 3)
-    choice = slq_block_choice(batch.shape[:3], len(versions), rng)  # (N, H, W) index into Q
-    out = np.take_along_axis(versions, choice[None, ..., None], axis=0)[0]
+    out = slq_mix([roundtrip(batch, q, subsampling=subsampling, backend=backend) for q in _check_qualities(qualities)],
+                  rng)
     return out[0] if single else out
+
+
+def slq_mix(versions: Sequence[np.ndarray], rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """SLQ's block pick over already-compressed versions of one batch, each (N, H, W, 3) uint8, in the
+    order of the quality set (so versions computed once can be shared with JPEG members)."""
+    stacked = np.stack(versions)  # (Q, N, H, W, 3)
+    choice = slq_block_choice(stacked.shape[1:4], len(versions), rng)  # (N, H, W) index into Q
+    return np.take_along_axis(stacked, choice[None, ..., None], axis=0)[0]
 
 
 def slq_block_choice(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import msgspec
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -211,7 +212,7 @@ def test_engine_input_and_config_errors(tiny):
     with pytest.raises(InputError, match=r"fused engine input"):
         eng.run(np.zeros((3, 1, 3, H, W), np.float32))  # this fused graph takes a shared input
     with pytest.raises(ConfigError, match="use_fused"):
-        Engine(dataclasses.replace(b, fused=None), use_fused=True)
+        Engine(dataclasses.replace(b, manifest=msgspec.structs.replace(b.manifest, fused=None)), use_fused=True)
     with pytest.raises(ConfigError, match="intra_op_num_threads"):
         Engine(b, intra_op_threads=-1)
 

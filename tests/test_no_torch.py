@@ -14,9 +14,11 @@ SCRIPT = r"""
 import json, sys, tempfile
 from pathlib import Path
 import numpy as np
+import importlib, pkgutil
 import edge_guard
-import edge_guard.guard
-import edge_guard.frames, edge_guard.infer, edge_guard.bench, edge_guard.cli
+for info in pkgutil.walk_packages(edge_guard.__path__, "edge_guard."):  # every runtime module, new ones too
+    if not info.name.startswith("edge_guard.training"):
+        importlib.import_module(info.name)
 from edge_guard import Guard
 from tests.onnx_fixtures import defense_dict, make_bundle, solid
 

@@ -503,7 +503,7 @@ def collect(store: CellStore, run: RunSource, config: EvalConfig, systems: Seque
                    "table_qualities": list(table_qualities(run, config)),
                    "vote": "majority", "adaptive_surrogate": "log mean softmax over members (soft vote)",
                    "subsampling": run.subsampling, "slq_qualities": list(run.slq_qualities),
-                   "vaccinating_codec": run.codec},
+                   "vaccinating_codec": run.vaccinating_codec().to_dict()},
         "data": {**info, "classes": len(run.classes), "input_size": list(run.input_size),
                  "n_adaptive": min(info.get("n", 0), config.adaptive_limit or info.get("n", 0))},
         "members": [{"name": m.name, "vaccination": m.vaccination, "quality": m.quality} for m in run.members],

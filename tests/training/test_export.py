@@ -26,6 +26,7 @@ from edge_guard.errors import BundleError, ConfigError
 from edge_guard.guard import Guard
 from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, save_checkpoint
 from edge_guard.training.diffjpeg import DiffJPEG
+from edge_guard.spec import MemberSpec, member_spec
 from edge_guard.training.export import ExportOptions, MemberSource, RunSource, export_run, load_run
 from edge_guard.training.export.in_graph import jpeg_graph
 from edge_guard.training.export.pipeline import resolve_defense
@@ -75,7 +76,8 @@ def _run(world, members=("q40", "q80"), *, data=True, base=True) -> RunSource:
     spec = {"q40": ("jpeg", 40), "q80": ("jpeg", 80), "slq": ("slq", None), "base": ("none", None)}
     return RunSource(
         classes=CLASSES, input_size=(SIZE, SIZE),
-        members=tuple(MemberSource(n, world["models"][n], *spec[n]) for n in members),
+        members=tuple(MemberSource(MemberSpec(name=n, vaccination=spec[n][0], quality=spec[n][1]), world["models"][n])
+                      for n in members),
         slq_qualities=(40, 80), base=world["models"]["base"] if base else None,
         config={"data": str(world["data"]), "seed": 0, "val_fraction": 0.3} if data else {},
     )
@@ -134,13 +136,13 @@ def test_validation_split_is_the_runs_held_out_split(world, tmp_path):
 
     res = export_run(_run(world), _opts(tmp_path / "b", limit=10))
     _, val = split_by_track(load_dataset(world["data"], "train", SIZE), 0.3, 0)
-    info = res.manifest["metrics"]["validation"]
+    info = res.manifest.metrics["validation"]
     assert info["n"] == 10 and info["n_val_total"] == len(val) and info["seed"] == 0 and info["val_fraction"] == 0.3
 
 
 def test_tampered_bundle_is_refused(world, tmp_path):
     res = export_run(_run(world), _opts(tmp_path / "b"))
-    path = res.path / res.manifest["members"][0]["file"]
+    path = res.path / res.manifest.members[0].file
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -173,7 +175,7 @@ def test_existing_output_needs_overwrite(world, tmp_path):
 def test_fused_and_member_graphs_give_the_same_predictions(world, tmp_path, defense, members, shape):
     res = export_run(_run(world, members), _opts(tmp_path / "b", fused=True, defense=defense))
     bundle = load_bundle(res.path)
-    assert bundle.fused is not None and res.manifest["metrics"]["fused_parity"]["argmax_agreement"] == 1.0
+    assert bundle.fused is not None and res.manifest.metrics["fused_parity"]["argmax_agreement"] == 1.0
     fused = onnx.load(str(bundle.fused_path()))
     assert [o.name for o in fused.graph.output] == ["member_logits"]
     assert len(fused.graph.input[0].type.tensor_type.shape.dim) == shape
@@ -191,7 +193,7 @@ def test_in_graph_jpeg_agrees_with_the_cpu_codec(world, tmp_path):
     res = export_run(_run(world), _opts(tmp_path / "b", in_graph_jpeg=True, fused=True))
     bundle = load_bundle(res.path)
     assert bundle.defense.in_graph and bundle.fused is not None
-    metrics = res.manifest["metrics"]
+    metrics = res.manifest.metrics
     assert all(v >= 0.9 for v in metrics["in_graph_jpeg_agreement"].values())
     # independent check: the raw-input member graph vs libjpeg-turbo round trip + the torch member
     images = world["x"]
@@ -237,8 +239,8 @@ def test_resolve_defense(world):
     assert (d.kind, d.per_member, d.qualities) == ("jpeg", True, (40, 80))  # the SLQ set doubles as qualities
     assert resolve_defense(_run(world, ("slq",)), None, False).kind == "slq"
     assert resolve_defense(_run(world, ("base",)), None, False).kind == "none"
-    odd = RunSource(CLASSES, (SIZE, SIZE), (MemberSource("q60", world["models"]["q40"], "jpeg", 60),
-                                            MemberSource("slq", world["models"]["slq"], "slq", None)),
+    odd = RunSource(CLASSES, (SIZE, SIZE), (MemberSource(member_spec("jpeg", 60), world["models"]["q40"]),
+                                            MemberSource(member_spec("slq"), world["models"]["slq"])),
                     slq_qualities=(40, 80))
     with pytest.raises(ConfigError, match="SLQ set"):
         resolve_defense(odd, None, False)
@@ -281,7 +283,7 @@ def test_accuracy_drop_guard_and_force(world, tmp_path):
     assert not (tmp_path / "b").exists()
     assert not list(tmp_path.glob(".b.partial-*"))  # nothing half-written left behind
     res = export_run(_run(world), _opts(tmp_path / "b", precision="int8", max_accuracy_drop=-1.0, force=True))
-    check = res.manifest["metrics"]["variant"]["accuracy_check"]
+    check = res.manifest.metrics["variant"]["accuracy_check"]
     assert check["passed"] is False and check["forced"] is True
     assert any("despite" in note for note in res.notes)
     load_bundle(res.path)
@@ -289,9 +291,9 @@ def test_accuracy_drop_guard_and_force(world, tmp_path):
 
 def test_fp16_runs_on_onnxruntime_cpu(world, tmp_path):
     res = export_run(_run(world, ("q40",)), _opts(tmp_path / "b", precision="fp16"))
-    metrics = res.manifest["metrics"]
+    metrics = res.manifest.metrics
     assert metrics["variant"]["cpu_runnable"] is True
-    model = onnx.load(str(res.path / res.manifest["members"][0]["file"]))
+    model = onnx.load(str(res.path / res.manifest.members[0].file))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # keep_io_types
     assert metrics["variant"]["parity_vs_fp32"]["q40"]["max_abs_diff"] < 0.05
@@ -307,12 +309,12 @@ def test_variants_need_data(world, tmp_path):
 
 def test_dynamo_exporter_and_random_only_parity_without_data(world, tmp_path):
     res = export_run(_run(world, ("base",), data=False, base=False), _opts(tmp_path / "b", exporter="auto"))
-    metrics = res.manifest["metrics"]
+    metrics = res.manifest.metrics
     assert metrics["exporter"]["base"] == "dynamo"
     assert metrics["validation"]["source"] is None and "random-input parity" in metrics["validation"]["note"]
     assert metrics["parity"]["base"]["n_real"] == 0 and metrics["parity"]["base"]["passed"]
     assert "accuracy" not in metrics
-    assert res.manifest["defense"]["kind"] == "none"
+    assert res.manifest.defense.kind == "none"
 
 
 def test_exporter_falls_back_to_torchscript_on_error_or_parity_failure(world, monkeypatch):

@@ -17,7 +17,8 @@ import torch
 from edge_guard.errors import BundleError, expected_got
 from edge_guard.training.export import in_graph, onnx_io, precision
 from edge_guard.training.export.graph_ops import fuse
-from edge_guard.training.export.measure import Defense, agreement, member_inputs, to_input
+from edge_guard.spec import DefenseSpec, Vaccination
+from edge_guard.training.export.measure import agreement, member_tensors, to_input
 from edge_guard.training.export.source import RunSource
 
 
@@ -31,19 +32,19 @@ class MemberGraphs:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def in_graph_member(defense: Defense, vaccination: str) -> bool:
+def in_graph_member(defense: DefenseSpec, vaccination: str) -> bool:
     """Does this member's graph contain its JPEG step?"""
     return defense.in_graph and vaccination == "jpeg"
 
 
-def export_members(run: RunSource, defense: Defense, real: np.ndarray | None, random_x: np.ndarray, *,
+def export_members(run: RunSource, defense: DefenseSpec, real: np.ndarray | None, random_x: np.ndarray, *,
                    exporter: str, seed: int, step: Any) -> MemberGraphs:
     """fp32 ONNX graph of every member (parity-checked), with the JPEG graph chained in when in-graph.
 
     real: uint8 (N, H, W, 3) validation images or None; random_x: float32 [K, 3, H, W] in [0, 1];
     step: the progress context (`step("what")`).
     """
-    plain_in = member_inputs(run.members, defense, real, seed, graph_input=False)
+    plain_in = member_tensors(run.members, defense, real, seed, graph_input=False)
     raw = to_input(real) if real is not None else None
     example = torch.from_numpy(random_x[:2].copy())
     g = MemberGraphs(metrics={"parity": {}, "exporter": {}, "exporter_fallback": {}})
@@ -60,9 +61,9 @@ def export_members(run: RunSource, defense: Defense, real: np.ndarray | None, ra
             q = int(m.quality)  # type: ignore[arg-type]  # jpeg members have a quality
             if q not in g.jpeg:
                 with step(f"JPEG q{q} graph"):
-                    g.jpeg[q] = in_graph.jpeg_graph(q, defense.subsampling, random_x, raw, exporter=exporter)
+                    g.jpeg[q] = in_graph.jpeg_graph(q, str(defense.subsampling), random_x, raw, exporter=exporter)
             g.shipped[m.name] = in_graph.with_jpeg(g.jpeg[q], conv.model)
-            torch_composite = in_graph.JpegThenModel(m.model, q, defense.subsampling).eval()
+            torch_composite = in_graph.JpegThenModel(m.model, q, str(defense.subsampling)).eval()
             composite = onnx_io.measure_parity(torch_composite, onnx_io.session(g.shipped[m.name]), random_x, raw)
             # Recorded, not gated at 1e-4: torch and onnxruntime may round a JPEG tie differently (see in_graph).
             g.metrics["parity"][m.name]["in_graph"] = {k: v for k, v in composite.to_dict().items() if k != "passed"}
@@ -73,7 +74,7 @@ def export_members(run: RunSource, defense: Defense, real: np.ndarray | None, ra
     return g
 
 
-def fuse_checked(run: RunSource, defense: Defense, graphs: dict[str, onnx.ModelProto],
+def fuse_checked(run: RunSource, defense: DefenseSpec, graphs: dict[str, onnx.ModelProto],
                  sample: np.ndarray) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Fuse the member graphs; check the fused output equals theirs on uint8 (N, H, W, 3) `sample` images.
 
@@ -85,7 +86,7 @@ def fuse_checked(run: RunSource, defense: Defense, graphs: dict[str, onnx.ModelP
         onnx.checker.check_model(fused, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise BundleError(f"the fused graph is not valid ONNX ({exc}). Export without --fused.") from exc
-    views = list(member_inputs(run.members, defense, sample, 0, graph_input=True).values())
+    views = list(member_tensors(run.members, defense, sample, 0, graph_input=True).values())
     x = np.stack(views) if per_member_input else views[0]  # shared: every member's view is the same
     got = onnx_io.session(fused).run(["member_logits"], {"input": x})[0]
     ref = np.stack([onnx_io.run_session(onnx_io.session(graphs[m.name]), v) for m, v in zip(run.members, views)])
@@ -101,15 +102,15 @@ def fuse_checked(run: RunSource, defense: Defense, graphs: dict[str, onnx.ModelP
     return fused, check
 
 
-def convert_members(run: RunSource, defense: Defense, g: MemberGraphs, prec: str, calibration: np.ndarray | None,
+def convert_members(run: RunSource, defense: DefenseSpec, g: MemberGraphs, prec: str, calibration: np.ndarray | None,
                     probe: np.ndarray, *, seed: int, step: Any) -> tuple[MemberGraphs, dict[str, Any]]:
     """The `prec` variant of every plain member graph (the JPEG part stays fp32), checked against fp32.
 
     calibration, probe: uint8 (N, H, W, 3) training / validation images. Returns the variant graphs
     and what was found: parity_vs_fp32 per member, cpu_casts_added, cpu_errors (ops without CPU kernels).
     """
-    calib = member_inputs(run.members, defense, calibration, seed, graph_input=False)
-    check_in = member_inputs(run.members, defense, probe, seed, graph_input=False)
+    calib = member_tensors(run.members, defense, calibration, seed, graph_input=False)
+    check_in = member_tensors(run.members, defense, probe, seed, graph_input=False)
     out = MemberGraphs(jpeg=g.jpeg)
     info: dict[str, Any] = {"conversion": {}, "parity_vs_fp32": {}, "cpu_errors": {}, "cpu_casts_added": {}}
     for m in run.members:

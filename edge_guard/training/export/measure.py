@@ -10,7 +10,6 @@ defense: the attacker knows the model family and weights but not the JPEG defens
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,48 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_guard import jpeg
+from edge_guard.defense import member_inputs
+from edge_guard.spec import DefenseSpec, InputSpec, MemberSpec, Vaccination
 
 FGSM_EPS = 8 / 255
 _CHUNK = 256  # images per classify / attack call
 
 
-@dataclass(frozen=True)
-class Defense:
-    """The manifest's defense in the form the exporter needs (see the manifest schema)."""
-
-    kind: str  # "none" | "jpeg" | "slq"
-    qualities: tuple[int, ...]
-    per_member: bool
-    subsampling: str
-    in_graph: bool
-
-
-def member_view(images: np.ndarray, vaccination: str, quality: int | None, defense: Defense, seed: int = 0,
-                *, graph_input: bool = True) -> np.ndarray:
-    """What a member's graph receives for uint8 (N, H, W, 3) images, as uint8 (N, H, W, 3).
-
-    graph_input=True: raw images when the JPEG is in the graph. graph_input=False: what the member
-    model itself sees after the defense (the libjpeg-turbo round trip even for in-graph members).
-    SLQ draws are seeded with `seed`, so a view is reproducible.
-    """
-    opts = {"subsampling": defense.subsampling}
-    if defense.kind == "none" or (defense.in_graph and graph_input):
-        return images
-    if not defense.per_member:
-        if defense.kind == "jpeg":
-            return jpeg.roundtrip(images, defense.qualities[0], **opts)
-        return jpeg.slq(images, defense.qualities, rng=seed, **opts)
-    if vaccination == "jpeg" and quality is not None:
-        return jpeg.roundtrip(images, quality, **opts)
-    if vaccination == "slq":
-        return jpeg.slq(images, defense.qualities, rng=seed, **opts)
-    return images
-
-
 def to_input(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1] (the manifest's scale 1/255, mean 0, std 1)."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]: what every exported graph takes (InputSpec.unit_range)."""
+    return InputSpec.unit_range(*images.shape[1:3]).to_tensor(images)
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -99,17 +66,19 @@ def agreement(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> f
     return float(np.mean(a == b)) if len(a) else float("nan")
 
 
-def member_inputs(members: Sequence[Any], defense: Defense, images: np.ndarray | None, seed: int, *,
-                  graph_input: bool) -> dict[str, np.ndarray | None]:
-    """Member name -> float32 [N, 3, H, W] its graph receives (graph_input=False: its model receives,
-    i.e. after the libjpeg-turbo round trip even for in-graph members). None when images is None."""
+def member_tensors(members: Sequence[MemberSpec], defense: DefenseSpec, images: np.ndarray | None, seed: int, *,
+                   graph_input: bool) -> dict[str, np.ndarray | None]:
+    """Member name -> float32 [N, 3, H, W] its graph receives (`edge_guard.defense.member_inputs`; graph_input=False:
+    what its model receives, i.e. after the libjpeg-turbo round trip even for in-graph members). None when
+    images is None. SLQ draws are seeded with `seed`, so the inputs are reproducible."""
     if images is None:
         return {m.name: None for m in members}
-    return {m.name: to_input(member_view(images, m.vaccination, m.quality, defense, seed, graph_input=graph_input))
-            for m in members}
+    views = member_inputs(images, defense, members, rng=seed, graph_input=graph_input)
+    shared = views.ndim == 4
+    return {m.name: to_input(views if shared else views[i]) for i, m in enumerate(members)}
 
 
-def bundle_numbers(bundle_dir: Path, members: Sequence[Any], defense: Defense, images: np.ndarray,
+def bundle_numbers(bundle_dir: Path, members: Sequence[MemberSpec], defense: DefenseSpec, images: np.ndarray,
                    labels: np.ndarray, adv: np.ndarray | None, graphs: dict[str, Any], plain: dict[str, Any],
                    seed: int = 0) -> dict[str, Any]:
     """What the manifest records about a written bundle, measured on uint8 (N, H, W, 3) images.
@@ -124,7 +93,7 @@ def bundle_numbers(bundle_dir: Path, members: Sequence[Any], defense: Defense, i
 
     pred = guard_predictions(bundle_dir, images, seed)
     out: dict[str, Any] = {"accuracy": accuracy(pred, labels), "n": int(len(labels)), "member_accuracy": {}}
-    graph_in = member_inputs(members, defense, images, seed, graph_input=True)
+    graph_in = member_tensors(members, defense, images, seed, graph_input=True)
     member_pred = {m.name: run_session(session(graphs[m.name]), graph_in[m.name]).argmax(1) for m in members}
     out["member_accuracy"] = {name: accuracy(p, labels) for name, p in member_pred.items()}
     if adv is not None:
@@ -132,9 +101,9 @@ def bundle_numbers(bundle_dir: Path, members: Sequence[Any], defense: Defense, i
         correct = pred == labels
         flipped = float(np.mean(adv_pred[correct] != labels[correct])) if correct.any() else None
         out["fgsm"] = {"accuracy": accuracy(adv_pred, labels), "misclassification_rate": flipped}
-    in_graph = [m for m in members if defense.in_graph and m.vaccination == "jpeg"]
+    in_graph = [m for m in members if defense.in_graph and m.vaccination == Vaccination.JPEG]
     if in_graph:
-        codec_in = member_inputs(in_graph, defense, images, seed, graph_input=False)
+        codec_in = member_tensors(in_graph, defense, images, seed, graph_input=False)
         out["in_graph_jpeg_agreement"] = {
             m.name: agreement(member_pred[m.name], run_session(session(plain[m.name]), codec_in[m.name]).argmax(1))
             for m in in_graph}

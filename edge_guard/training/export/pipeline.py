@@ -13,7 +13,6 @@ Steps (each measured and recorded in the manifest's metrics):
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
@@ -29,17 +28,17 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edge_guard.bundle import MANIFEST_NAME, VOTE_RULES, load_bundle
+from edge_guard.bundle import Manifest, load_bundle
 from edge_guard.errors import BundleError, ConfigError, expected_got
 from edge_guard.training.export import in_graph, measure, onnx_io, precision
 from edge_guard.training.export.build import (MemberGraphs, convert_members, export_members, fuse_checked,
                                               in_graph_member)
 from edge_guard.training.export.evaldata import DEFAULT_LIMIT, EvalData, load_eval_data
-from edge_guard.training.export.measure import Defense
+from edge_guard.spec import DefenseKind, DefenseSpec, Vaccination, VoteRule
 from edge_guard.training.export.source import RunSource, load_run
 from edge_guard.training.export.writer import command_line, rewrite_metrics, write_bundle
 
-DEFENSES = ("per-member", "slq", "none")
+DEFENSES = ("per-member", "slq", "none")  # --defense: how the manifest's DefenseSpec is chosen
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class ExportOptions:
     limit: int = DEFAULT_LIMIT  # validation images used
     force: bool = False  # keep a variant whose accuracy drops more than max_accuracy_drop
     overwrite: bool = False  # replace an existing bundle at `out`
-    vote: str = "majority"
+    vote: VoteRule = VoteRule.MAJORITY
     defense: str | None = None  # "per-member" | "slq" | "none"; None: chosen from the members
     max_accuracy_drop: float = 1.0
     exporter: str = "auto"  # "auto" (dynamo, then TorchScript) | "dynamo" | "torchscript"
@@ -72,51 +71,67 @@ class ExportOptions:
 @dataclass(frozen=True)
 class ExportResult:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     notes: tuple[str, ...] = field(default_factory=tuple)  # lines worth showing the user
+
+    def summary(self) -> list[str]:
+        """What `edgeguard export` prints: the notes, the measured numbers, what was written."""
+        m, lines = self.manifest, list(self.notes)
+        if "accuracy" in m.metrics:
+            fgsm = m.metrics.get("fgsm", {}).get("accuracy")
+            lines.append(f"clean accuracy {100 * m.metrics['accuracy']:.2f}% on {m.metrics['n']} validation images"
+                         + (f", gray-box FGSM (eps 8/255) accuracy {100 * fgsm:.2f}%" if fgsm is not None else ""))
+        else:
+            lines.append("no validation data: only random-input parity was checked (pass --data to measure accuracy)")
+        lines.append(f"wrote {self.path} ({len(m.members)} members, {m.metrics.get('precision', 'fp32')}"
+                     + (", fused" if m.fused else "") + (", in-graph JPEG" if m.defense.in_graph else "") + ")")
+        return lines
 
 
 # ----------------------------------------------------------------------------- checks
 
 
-def resolve_defense(run: RunSource, choice: str | None, in_graph_jpeg: bool) -> Defense:
+def resolve_defense(run: RunSource, choice: str | None, in_graph_jpeg: bool) -> DefenseSpec:
     """The manifest defense for `choice` (None: per-member if any member is jpeg-vaccinated, else slq
     if any is slq-vaccinated, else none)."""
     vacs = {m.vaccination for m in run.members}
     if choice is None:
-        choice = "per-member" if "jpeg" in vacs else "slq" if "slq" in vacs else "none"
+        choice = "per-member" if Vaccination.JPEG in vacs else "slq" if Vaccination.SLQ in vacs else "none"
     if choice not in DEFENSES:
         raise ConfigError(expected_got("--defense", " | ".join(DEFENSES), repr(choice)))
     if in_graph_jpeg and choice != "per-member":
         raise ConfigError(expected_got("--in-graph-jpeg", "--defense per-member (each member's JPEG in its graph)",
                                        f"--defense {choice}", "Drop --in-graph-jpeg for slq or none."))
+    common = {"subsampling": run.subsampling, "codec": run.vaccinating_codec()}
     if choice == "none":
-        return Defense("none", (), False, run.subsampling, False)
+        return DefenseSpec(kind=DefenseKind.NONE, qualities=(), per_member=False, in_graph=False, **common)
     if choice == "slq":
-        return Defense("slq", tuple(run.slq_qualities), False, run.subsampling, False)
-    jpeg_q = sorted({int(m.quality) for m in run.members if m.vaccination == "jpeg" and m.quality is not None})
-    if not jpeg_q and "slq" not in vacs:
+        return DefenseSpec(kind=DefenseKind.SLQ, qualities=tuple(run.slq_qualities), per_member=False, in_graph=False,
+                           **common)
+    jpeg_q = sorted({int(m.quality) for m in run.members if m.vaccination == Vaccination.JPEG})
+    if not jpeg_q and Vaccination.SLQ not in vacs:
         raise ConfigError(expected_got("--defense per-member", "at least one jpeg- or slq-vaccinated member",
-                                       f"vaccinations {sorted(vacs)}", "Use --defense slq or --defense none."))
+                                       f"vaccinations {sorted(map(str, vacs))}", "Use --defense slq or --defense none."))
     if in_graph_jpeg:
         in_graph.check_members([(m.name, m.vaccination) for m in run.members])
         if not jpeg_q:
             raise ConfigError(expected_got("--in-graph-jpeg", "at least one jpeg-vaccinated member", "none"))
     qualities = jpeg_q
-    if "slq" in vacs:  # per-member: the slq member uses defense.qualities as its SLQ set
+    if Vaccination.SLQ in vacs:  # per-member: the slq member uses defense.qualities as its SLQ set
         if not set(jpeg_q) <= set(run.slq_qualities):
             raise ConfigError(expected_got(
                 "member qualities", f"a subset of the SLQ set {list(run.slq_qualities)} (the manifest has one list "
                 "for both)", jpeg_q, "Use --defense slq, or export the jpeg members without the slq member."))
         qualities = list(run.slq_qualities)
-    return Defense("jpeg", tuple(qualities), True, run.subsampling, in_graph_jpeg)
+    return DefenseSpec(kind=DefenseKind.JPEG, qualities=tuple(qualities), per_member=True, in_graph=in_graph_jpeg,
+                       **common)
 
 
 def _check_options(opts: ExportOptions) -> None:
     if opts.precision not in precision.PRECISIONS:
         raise ConfigError(expected_got("--precision", " | ".join(precision.PRECISIONS), repr(opts.precision)))
-    if opts.vote not in VOTE_RULES:
-        raise ConfigError(expected_got("--vote", " | ".join(VOTE_RULES), repr(opts.vote)))
+    if opts.vote not in VoteRule.values():
+        raise ConfigError(expected_got("--vote", " | ".join(VoteRule.values()), repr(opts.vote)))
     if opts.exporter not in onnx_io.EXPORTERS:
         raise ConfigError(expected_got("--exporter", " | ".join(onnx_io.EXPORTERS), repr(opts.exporter)))
     if not math.isfinite(opts.max_accuracy_drop):
@@ -182,14 +197,14 @@ class _Job:
     """What every stage needs: the run, the resolved defense, the data, the options, and where to write."""
 
     run: RunSource
-    defense: Defense
+    defense: DefenseSpec
     data: EvalData
     opts: ExportOptions
     name: str
     command: str
 
     def write(self, bundle_dir: Path, graphs: MemberGraphs, fused: onnx.ModelProto | None, metrics: dict[str, Any],
-              prec: str) -> dict[str, Any]:
+              prec: str) -> Manifest:
         return write_bundle(bundle_dir, self.run, self.defense, graphs.shipped, fused, name=self.name,
                             description=self.opts.description, vote=self.opts.vote, metrics=metrics,
                             command=self.command, suffix="" if prec == "fp32" else f".{prec}",
@@ -198,7 +213,7 @@ class _Job:
     def numbers(self, bundle_dir: Path, graphs: MemberGraphs, adv: np.ndarray | None) -> dict[str, Any]:
         if not self.data.available:
             return {}
-        return measure.bundle_numbers(bundle_dir, self.run.members, self.defense, self.data.images, self.data.labels,
+        return measure.bundle_numbers(bundle_dir, self.run.member_specs, self.defense, self.data.images, self.data.labels,
                                       adv, graphs.shipped, graphs.plain, self.opts.seed)
 
     def sample(self, n: int) -> np.ndarray:
@@ -271,7 +286,7 @@ def _variant_stage(job: _Job, steps: _Steps, staging: Path, g: MemberGraphs, met
 # ----------------------------------------------------------------------------- entry points
 
 
-def _steps_total(run: RunSource, defense: Defense, opts: ExportOptions) -> int:
+def _steps_total(run: RunSource, defense: DefenseSpec, opts: ExportOptions) -> int:
     n = len(run.members)
     jpeg_q = {m.quality for m in run.members if in_graph_member(defense, m.vaccination)}
     return n + len(jpeg_q) + int(opts.fused) + 1 + (n + 1 if opts.precision != "fp32" else 0) + 1
@@ -313,7 +328,7 @@ def export_run(run: RunSource, opts: ExportOptions) -> ExportResult:
                 metrics.update(_variant_stage(job, steps, staging, g, metrics, fp32, adv, notes))
             with steps.step("verify + move into place"):
                 final = staging / opts.precision
-                manifest = rewrite_metrics(final, json.loads((final / MANIFEST_NAME).read_text()), metrics)
+                manifest = rewrite_metrics(final, load_bundle(final, verify=False).manifest, metrics)
                 if out.exists():
                     notes += _keep_extra_files(out, final)
                     shutil.rmtree(out)
@@ -333,7 +348,7 @@ def _keep_extra_files(old: Path, new: Path) -> list[str]:
     kept = []
     for path in sorted(old.rglob("*")):
         rel = path.relative_to(old)
-        if path.is_file() and not (new / rel).exists() and rel.name != MANIFEST_NAME and path.suffix != ".onnx":
+        if path.is_file() and not (new / rel).exists() and rel.name != "manifest.json" and path.suffix != ".onnx":
             (new / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, new / rel)
             kept.append(str(rel))

@@ -18,6 +18,7 @@ from torch import nn
 
 from edge_guard import jpeg
 from edge_guard.errors import ConfigError, expected_got
+from edge_guard.spec import CodecSpec, MemberSpec, Subsampling, Vaccination, member_spec
 
 ENSEMBLE_FILE = "ensemble.json"
 CHECKPOINT_FILE = "best.pt"
@@ -26,13 +27,15 @@ CONFIG_FILE = "config.json"
 
 @dataclass(frozen=True)
 class MemberSource:
-    """One member: a float32 [N,3,H,W] in [0,1] -> logits [N,C] torch model and its vaccination."""
+    """One member: its spec and its float32 [N,3,H,W] in [0,1] -> logits [N,C] torch model."""
 
-    name: str
+    spec: MemberSpec
     model: nn.Module
-    vaccination: str  # "none" | "jpeg" | "slq"
-    quality: int | None  # JPEG quality for "jpeg", else None
     checkpoint: str | None = None  # where it was loaded from, for the report
+
+    name = property(lambda self: self.spec.name)
+    vaccination = property(lambda self: self.spec.vaccination)
+    quality = property(lambda self: self.spec.quality)
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,21 @@ class RunSource:
     classes: tuple[str, ...]
     input_size: tuple[int, int]  # (H, W)
     members: tuple[MemberSource, ...]
-    subsampling: str = "420"
-    codec: dict[str, str] = field(default_factory=dict)  # {"backend", "version"} that vaccinated the members
+    subsampling: Subsampling = Subsampling.S420
+    codec: CodecSpec | None = None  # the codec that vaccinated the members (None: unknown, this machine's)
     slq_qualities: tuple[int, ...] = jpeg.DEFAULT_SLQ_QUALITIES
     base: nn.Module | None = None
     config: dict[str, Any] = field(default_factory=dict)
     root: Path | None = None
     kind: str = "memory"  # "ensemble" | "single" | "memory"
+
+    @property
+    def member_specs(self) -> tuple[MemberSpec, ...]:
+        return tuple(m.spec for m in self.members)
+
+    def vaccinating_codec(self) -> CodecSpec:
+        """The codec recorded for the members, else the one this machine runs."""
+        return self.codec or _codec({})
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -73,19 +84,12 @@ def _load(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), ckpt
 
 
-def _vaccination(ckpt: dict[str, Any]) -> tuple[str, int | None]:
-    vac = ckpt.get("vaccination") or {}
-    kind = vac.get("kind", "none")
-    quality = vac.get("quality") if kind == "jpeg" else None
-    return kind, None if quality is None else int(quality)
-
-
-def _codec(meta: dict[str, Any]) -> dict[str, str]:
+def _codec(meta: dict[str, Any]) -> CodecSpec:
     """The vaccinating codec recorded in a run, else the one this machine would use."""
     if meta.get("backend") in jpeg.BACKENDS and meta.get("codec_version"):
-        return {"backend": str(meta["backend"]), "version": str(meta["codec_version"])}
+        return CodecSpec(backend=meta["backend"], version=str(meta["codec_version"]))
     info = jpeg.codec_info()
-    return {"backend": info["backend"], "version": info["version"]}
+    return CodecSpec(backend=info["backend"], version=info["version"])
 
 
 def _config(root: Path, *ckpts: dict[str, Any]) -> dict[str, Any]:
@@ -100,15 +104,15 @@ def _config(root: Path, *ckpts: dict[str, Any]) -> dict[str, Any]:
 
 def _load_single(path: Path) -> RunSource:
     model, ckpt = _load(path)
-    kind, quality = _vaccination(ckpt)
     vac = ckpt.get("vaccination") or {}
-    name = {"jpeg": f"q{quality}", "slq": "slq"}.get(kind, "base")
+    spec = member_spec(vac.get("kind", "none"), vac.get("quality"))
     qualities = tuple(vac.get("qualities") or jpeg.DEFAULT_SLQ_QUALITIES)
     return RunSource(
         classes=tuple(ckpt["classes"]), input_size=tuple(ckpt["input_size"]),  # type: ignore[arg-type]
-        members=(MemberSource(name, model, kind, quality, str(path)),),
-        subsampling=vac.get("subsampling") or "420", codec=_codec(vac), slq_qualities=qualities,
-        base=model if kind == "none" else None, config=_config(path.parent, ckpt), root=path.parent, kind="single",
+        members=(MemberSource(spec, model, str(path)),),
+        subsampling=Subsampling(vac.get("subsampling") or "420"), codec=_codec(vac), slq_qualities=qualities,
+        base=model if spec.vaccination == Vaccination.NONE else None, config=_config(path.parent, ckpt),
+        root=path.parent, kind="single",
     )
 
 
@@ -121,10 +125,11 @@ def _load_ensemble(root: Path) -> RunSource:
     members, ckpts = [], []
     for i, entry in enumerate(spec["members"]):
         model, ckpt = _load(root / entry["checkpoint"])
-        vaccination = entry.get("vaccination", "none")
-        quality = entry.get("quality") if vaccination == "jpeg" else None
-        members.append(MemberSource(entry.get("name") or f"m{i}", model, vaccination,
-                                    None if quality is None else int(quality), str(root / entry["checkpoint"])))
+        vaccination = Vaccination(entry.get("vaccination", "none"))
+        quality = entry.get("quality") if vaccination == Vaccination.JPEG else None
+        member = MemberSpec(name=entry.get("name") or f"m{i}", vaccination=vaccination,
+                            quality=None if quality is None else int(quality))
+        members.append(MemberSource(member, model, str(root / entry["checkpoint"])))
         ckpts.append(ckpt)
     if not members:
         raise ConfigError(expected_got(f"{root / ENSEMBLE_FILE} members", "at least one member", "[]"))
@@ -134,7 +139,7 @@ def _load_ensemble(root: Path) -> RunSource:
         ckpts.insert(0, base_ckpt)
     return RunSource(
         classes=tuple(spec["classes"]), input_size=tuple(spec["input_size"]),  # type: ignore[arg-type]
-        members=tuple(members), subsampling=spec.get("subsampling") or "420", codec=_codec(spec),
+        members=tuple(members), subsampling=Subsampling(spec.get("subsampling") or "420"), codec=_codec(spec),
         slq_qualities=tuple(spec.get("slq_qualities") or jpeg.DEFAULT_SLQ_QUALITIES),
         base=base, config=_config(root, *ckpts), root=root, kind="ensemble",
     )
