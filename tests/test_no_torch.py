@@ -16,9 +16,13 @@ from pathlib import Path
 import numpy as np
 import importlib, pkgutil
 import edge_guard
-for info in pkgutil.walk_packages(edge_guard.__path__, "edge_guard."):  # every runtime module, new ones too
-    if not info.name.startswith("edge_guard.training"):
-        importlib.import_module(info.name)
+def import_all(package):  # every runtime module, new ones too (walk_packages would import training)
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        if info.name != "edge_guard.training":
+            module = importlib.import_module(info.name)
+            if info.ispkg:
+                import_all(module)
+import_all(edge_guard)
 from edge_guard import Guard
 from tests.onnx_fixtures import defense_dict, make_bundle, solid
 
