@@ -67,11 +67,10 @@ def train_synthetic(model_name: str, classes: int, size: int, steps: int, seed: 
 def load_real(ckpt: str, data: str, n: int, split: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """The checkpoint and a seeded n images of `split`: "test" (the dataset's test set) or "val" (the
     training run's own held-out track-wise split), chosen as `edgeguard evaluate` chooses them."""
-    from edge_guard.training.export.evaldata import load_eval_data
-    from edge_guard.training.export.source import load_run
+        from edge_guard.training.run import Run
 
-    run = load_run(ckpt)
-    ev = load_eval_data(run, data, limit=n, calibration=0, split=split)
+    run = Run.open(ckpt)
+    ev = run.dataset(data, limit=n, calibration=0, split=split)
     images = torch.from_numpy(ev.images).permute(0, 3, 1, 2).float() / 255
     return run.members[0].model.eval(), images, torch.from_numpy(ev.labels).long()
 

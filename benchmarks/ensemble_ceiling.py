@@ -26,18 +26,17 @@ import numpy as np
 import torch
 
 from edge_guard.engine import softmax, vote
-from edge_guard.training.export.evaldata import load_eval_data
 from edge_guard.training.export.measure import member_view
 from edge_guard.training.export.pipeline import resolve_defense
-from edge_guard.training.export.source import load_run
+from edge_guard.training.run import Run
 from edge_guard.training.train import predict_logits
 
 
 def measure(path: str, data: str | None, split: str, limit: int, seed: int) -> dict[str, Any]:
     """Accuracies (fractions) of one ensemble folder's base, members, votes and oracle ceiling."""
     t0 = time.perf_counter()
-    run = load_run(path)
-    ev = load_eval_data(run, data, limit=limit, calibration=0, split=split)
+    run = Run.open(path)
+    ev = run.dataset(data, limit=limit, calibration=0, split=split)
     x, y = ev.images, ev.labels
     defense = resolve_defense(run, None, False)  # what `edgeguard export` puts in the bundle by default
     logits = [predict_logits(m.model, member_view(x, m.vaccination, m.quality, defense, seed)) for m in run.members]

@@ -30,9 +30,8 @@ from edge_guard import jpeg
 from edge_guard.training.adversarial import AdversarialConfig
 from edge_guard.training.attacks import FGSM
 from edge_guard.training.augment import to_tensor, to_uint8
-from edge_guard.training.export.evaldata import load_eval_data
-from edge_guard.training.export.source import load_run
-from edge_guard.training.models import load_checkpoint
+from edge_guard.training.run import Run
+from edge_guard.training.checkpoint import load_checkpoint
 from edge_guard.training.train import predict_logits
 from edge_guard.training.vaccinate import vaccinate
 
@@ -75,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     # the attacked images: a seeded subset of the base run's own held-out tracks, as `edgeguard evaluate` takes them
-    val = load_eval_data(load_run(args.base), args.data, limit=args.n, calibration=0)
+    val = Run.open(args.base).dataset(args.data, limit=args.n, calibration=0)
     base, _ = load_checkpoint(args.base)
 
     rows = []

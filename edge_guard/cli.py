@@ -244,28 +244,17 @@ def vaccinate(
     Example: edgeguard vaccinate --base runs/base/best.pt --qualities 20,40,60,80 --data data/gtsrb --epochs 3 --out runs/ensemble
     """
     from edge_guard.training.adversarial import AdversarialConfig
-    from edge_guard.training.checkpoint import read_checkpoint
-    from edge_guard.training.data import load_dataset
     from edge_guard.training.vaccinate import vaccinate as vaccinate_members
 
     adversarial = (AdversarialConfig(eps=adversarial_eps / 255, fraction=adversarial_fraction)
                    if adversarial_eps else None)
     measured_at = None if eval_qualities is None else parse_qualities_or_none(eval_qualities, "--eval-qualities")
 
-    run = read_checkpoint(base)["run_config"]
-    folder = data or run.get("data")
-    if not folder:
-        from edge_guard.errors import ConfigError
-
-        raise ConfigError("the base checkpoint records no dataset folder: pass --data PATH.")
-    dataset = load_dataset(folder, "train", int(run.get("size", 32)), skip_bad=bool(run.get("skip_bad")),
-                           limit=run.get("limit"), seed=int(run.get("seed", 0)), cache_dir=cache_dir)
-    typer.echo(dataset.report.summary())
     result = vaccinate_members(
-        base, data=folder, dataset=dataset, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
+        base, data=data, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
         epochs=epochs, shared_epochs=shared_epochs, val_every=val_every, lr=lr, adversarial=adversarial,
         num_threads=threads, device=device, subsampling=subsampling, backend=backend, out_dir=out, resume=resume,
-        echo=typer.echo, eval_qualities=measured_at)
+        cache_dir=cache_dir, echo=typer.echo, eval_qualities=measured_at)
     m = result.metrics
     for name, member in m["members"].items():
         typer.echo(f"  {name:>4}: {100 * member['val_accuracy']:.2f}% on {member['preprocessing']}")
@@ -280,7 +269,7 @@ def evaluate(
     models: str = typer.Option(..., "--models", help="Ensemble folder from edgeguard vaccinate (ensemble.json with base and members)."),
     data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the run's)."),
     split: str = typer.Option("val", "--split", help="val: the run's held-out validation tracks | test: the dataset's official test set."),
-    roi: str | None = typer.Option(None, "--roi", help="Crop images to their annotated ROI: auto | crop | none (default: the run's setting, else auto)."),
+    roi: str = typer.Option("auto", "--roi", help="Crop images to their annotated ROI: auto (unless already the model's size) | crop | none."),
     attacks: str = typer.Option("fgsm,pgd,deepfool,cw", "--attacks", help="Gray-box attacks: fgsm, pgd, deepfool, cw; none: clean accuracy only."),
     eps: str = typer.Option("2,4,8", "--eps", help="FGSM/PGD budgets in 1/255 units (DeepFool/CW have none)."),
     qualities: str = typer.Option("10,20,30,40,50,60,70,80,90,100", "--qualities", help="JPEG qualities for base+JPEG."),

@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from edge_guard.bundle import Bundle
 from edge_guard.errors import BundleError, ConfigError, InputError, ProviderError, expected_got
+from edge_guard.spec import VoteRule
 
 logger = logging.getLogger("edge_guard")
 
@@ -139,14 +140,14 @@ def soft_vote(member_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
     return class_ids.astype(np.int64), confidence.astype(np.float32), votes.astype(np.int64)
 
 
-VOTES = {"majority": majority_vote, "soft": soft_vote}
+VOTES = {VoteRule.MAJORITY: majority_vote, VoteRule.SOFT: soft_vote}
 
 
 def vote(member_probs: np.ndarray, rule: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply the vote rule named in the manifest ("majority" or "soft")."""
-    if rule not in VOTES:
-        raise ConfigError(expected_got("vote rule", " or ".join(VOTES), repr(rule)))
-    return VOTES[rule](member_probs)
+    if rule not in VoteRule.values():
+        raise ConfigError(expected_got("vote rule", " or ".join(VoteRule.values()), repr(rule)))
+    return VOTES[VoteRule(rule)](member_probs)
 
 
 # ----------------------------------------------------------------------------- engine

@@ -27,10 +27,12 @@ import torch
 from torch import nn
 
 from edge_guard.errors import ConfigError, expected_got
+from edge_guard.spec import Vaccination
+from edge_guard.training.models import create_model
 
 REQUIRED_KEYS = ("model", "model_name", "model_kwargs", "classes", "input_size", "vaccination", "run_config",
                  "epoch", "optimizer", "metrics")
-VACCINATION_KINDS = ("none", "jpeg", "slq")
+VACCINATION_KINDS = Vaccination.values()
 
 
 def make_vaccination(kind: str, quality: int | None, qualities: list[int] | None, codec: dict[str, Any],
@@ -39,7 +41,7 @@ def make_vaccination(kind: str, quality: int | None, qualities: list[int] | None
     adversarial-vaccination record (None: plain vaccination)."""
     if kind not in VACCINATION_KINDS:
         raise ConfigError(expected_got("vaccination kind", VACCINATION_KINDS, repr(kind)))
-    return {"kind": kind, "quality": quality, "qualities": list(qualities) if qualities is not None else None,
+    return {"kind": str(kind), "quality": quality, "qualities": list(qualities) if qualities is not None else None,
             "subsampling": subsampling, "backend": str(codec.get("backend", "")),
             "codec_version": str(codec.get("version", "")), "adversarial": adversarial}
 
@@ -87,8 +89,6 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the checkpoint's model with its weights, in eval mode. Returns (model, checkpoint dict)."""
-    from edge_guard.training.models import create_model
-
     ckpt = read_checkpoint(path, map_location)
     model = create_model(ckpt["model_name"], len(ckpt["classes"]), **ckpt["model_kwargs"])
     try:

@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edge_guard.errors import InputError, expected_got
-from edge_guard.jpeg import DEFAULT_SLQ_QUALITIES
+from edge_guard.jpeg import SLQ_BLOCK as SLQ_BLOCK  # re-exported: the block SLQ picks versions by
+from edge_guard.spec import DEFAULT_SLQ_QUALITIES, Subsampling
 
-SUBSAMPLINGS = ("420", "422", "444")
+SUBSAMPLINGS = Subsampling.values()
 ROUNDINGS = ("ste", "cubic")
-SLQ_BLOCK = 8  # pixels, as edge_guard.jpeg.SLQ_BLOCK
 # (horizontal, vertical) chroma subsampling factors
 _FACTORS = {"444": (1, 1), "422": (2, 1), "420": (2, 2)}
 

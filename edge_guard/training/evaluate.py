@@ -56,8 +56,8 @@ from edge_guard.training.attacks import (
     predict,
     slq_defended,
 )
-from edge_guard.training.export.evaldata import SPLITS, load_eval_data
-from edge_guard.training.export.source import RunSource, load_run
+from edge_guard.training.run import SPLITS
+from edge_guard.training.run import Run
 from edge_guard.training.provenance import versions
 from edge_guard.training.report import cell_key, robustness_target, write_report
 from edge_guard.training.train import DEVICE_NAMES, is_device_name, resolve_device
@@ -79,7 +79,7 @@ class EvalConfig:
     qualities: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
     limit: int = 500  # evaluation images (a seeded random subset of the split)
     split: str = "val"  # "val": the run's held-out tracks; "test": the dataset's official test set
-    roi: str | None = None  # ROI cropping ("auto" | "crop" | "none"); None: the run's setting, else "auto"
+    roi: str = "auto"  # ROI cropping: "auto" | "crop" | "none" (see edge_guard.training.data.load_dataset)
     adaptive: bool = True
     adaptive_attacks: tuple[str, ...] = ("fgsm", "pgd")
     adaptive_qualities: tuple[int, ...] | None = None  # None: the members' JPEG qualities
@@ -114,7 +114,7 @@ class EvalConfig:
                 raise ConfigError(expected_got(what, "a positive integer", repr(value)))
         if self.split not in SPLITS:
             raise ConfigError(expected_got("--split", " or ".join(SPLITS), repr(self.split)))
-        if self.roi not in (None, "auto", "crop", "none"):
+        if self.roi not in ("auto", "crop", "none"):
             raise ConfigError(expected_got("--roi", "auto, crop or none", repr(self.roi)))
         if not is_device_name(self.device):
             raise ConfigError(expected_got("--device", DEVICE_NAMES, repr(self.device)))
@@ -144,12 +144,12 @@ class EvalResult:
 # public entry point
 
 
-def evaluate(models: str | Path | RunSource, out_dir: str | Path, config: EvalConfig = EvalConfig(), *,
+def evaluate(models: str | Path | Run, out_dir: str | Path, config: EvalConfig = EvalConfig(), *,
              data: str | Path | None = None, resume: bool = False, progress: bool = True,
              echo: Callable[[str], None] | None = None) -> EvalResult:
     """Run every pending cell of `config` on the ensemble at `models`; write the report to `out_dir`.
 
-    models: an ensemble folder (ensemble.json with a base) or a loaded RunSource. data: the dataset
+    models: an ensemble folder (ensemble.json with a base) or a loaded Run. data: the dataset
     folder (default: the one in the run's config); the evaluation images are the run's held-out,
     track-wise validation split (config.split "val") or the dataset's official test set ("test"),
     capped at config.limit (export/evaldata.py).
@@ -158,9 +158,9 @@ def evaluate(models: str | Path | RunSource, out_dir: str | Path, config: EvalCo
     say = echo or (lambda _msg: None)
     if config.threads > 0:
         torch.set_num_threads(config.threads)
-    run = on_device(models if isinstance(models, RunSource) else load_run(models), resolve_device(config.device))
+    run = on_device(models if isinstance(models, Run) else Run.open(models), resolve_device(config.device))
     device = next(_base(run).parameters()).device
-    evaldata = load_eval_data(run, data, limit=config.limit, calibration=0, split=config.split, roi=config.roi)
+    evaldata = run.dataset(data, limit=config.limit, calibration=0, split=config.split, roi=config.roi)
     if not evaldata.available:
         raise ConfigError(expected_got("evaluation data", "a dataset folder", "none", "Pass --data PATH."))
     x = torch.from_numpy(np.ascontiguousarray(evaldata.images.transpose(0, 3, 1, 2))).to(device).float() / 255
@@ -190,7 +190,7 @@ def evaluate(models: str | Path | RunSource, out_dir: str | Path, config: EvalCo
 # systems
 
 
-def system_list(run: RunSource, config: EvalConfig) -> list[System]:
+def system_list(run: Run, config: EvalConfig) -> list[System]:
     """Every column: base, base 8-bit, base+JPEG at each quality (and adaptive quality), the two ensembles."""
     qualities = sorted(set(config.qualities) | set(table_qualities(run, config)))
     return ([System("base", "base (no defense)", "none"), System("base_8bit", "base, 8-bit input", "8bit")]
@@ -198,7 +198,7 @@ def system_list(run: RunSource, config: EvalConfig) -> list[System]:
             + [System("ensemble", "vaccinated ensemble", "ensemble"), System("slq_ensemble", "SLQ ensemble", "slq")])
 
 
-def table_qualities(run: RunSource, config: EvalConfig) -> tuple[int, ...]:
+def table_qualities(run: Run, config: EvalConfig) -> tuple[int, ...]:
     """The base+JPEG qualities shown in the tables and attacked adaptively: --adaptive-qualities,
     else the members' JPEG qualities, else 50."""
     if config.adaptive_qualities:
@@ -207,15 +207,15 @@ def table_qualities(run: RunSource, config: EvalConfig) -> tuple[int, ...]:
     return tuple(member_qs) or (50,)
 
 
-def adaptive_systems(systems: Sequence[System], config: EvalConfig, run: RunSource) -> list[System]:
+def adaptive_systems(systems: Sequence[System], config: EvalConfig, run: Run) -> list[System]:
     """Systems attacked end to end: all but the base+JPEG qualities outside the table qualities."""
     keep = set(table_qualities(run, config))
     return [s for s in systems if s.kind != "jpeg" or s.quality in keep]
 
 
-def on_device(run: RunSource, device: torch.device) -> RunSource:
+def on_device(run: Run, device: torch.device) -> Run:
     """The run with its base and members on `device`, where the attacks then run (the JPEG codec stays on
-    the CPU, through BPDA). Models elsewhere are copied, so a caller's RunSource is left as it was."""
+    the CPU, through BPDA). Models elsewhere are copied, so a caller's Run is left as it was."""
     device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as the parameters report it
 
     def move(model: nn.Module) -> nn.Module:
@@ -225,7 +225,7 @@ def on_device(run: RunSource, device: torch.device) -> RunSource:
                                members=tuple(dataclasses.replace(m, model=move(m.model)) for m in run.members))
 
 
-def _base(run: RunSource) -> nn.Module:
+def _base(run: Run) -> nn.Module:
     if run.base is None:
         raise ConfigError(expected_got("models", "an ensemble folder whose ensemble.json names a base model",
                                        "no base", "The gray-box attacks are crafted on the undefended base."))
@@ -239,7 +239,7 @@ class Quantize8(nn.Module):
         return bpda(x, lambda t: (t.clamp(0, 1) * 255).round() / 255)
 
 
-def build_system(system: System, run: RunSource, config: EvalConfig, seed: int, *, attack: bool) -> nn.Module:
+def build_system(system: System, run: Run, config: EvalConfig, seed: int, *, attack: bool) -> nn.Module:
     """The torch module for `system`, on the models' device. attack=True: the attacker's target (BPDA
     gradients, EOT over SLQ draws); attack=False: the deployed system (one SLQ draw per call). SLQ draws
     are seeded with `seed`."""
@@ -247,7 +247,7 @@ def build_system(system: System, run: RunSource, config: EvalConfig, seed: int, 
     return _assemble(system, run, config, seed, attack=attack).to(device)  # the defenses' DiffJPEG tables
 
 
-def _assemble(system: System, run: RunSource, config: EvalConfig, seed: int, *, attack: bool) -> nn.Module:
+def _assemble(system: System, run: Run, config: EvalConfig, seed: int, *, attack: bool) -> nn.Module:
     base = _base(run)
     rng = np.random.default_rng(seed)
     opts = {"subsampling": run.subsampling, "backend": config.backend,
@@ -322,7 +322,7 @@ class CellStore:
 class _Context:
     """What jobs share: the run, config, store, images, and the clean predictions of each system."""
 
-    def __init__(self, run: RunSource, config: EvalConfig, store: CellStore, x: Tensor, y: Tensor) -> None:
+    def __init__(self, run: Run, config: EvalConfig, store: CellStore, x: Tensor, y: Tensor) -> None:
         self.run, self.config, self.store, self.x, self.y = run, config, store, x, y
         self.base = _base(run)
         self.n_adaptive = min(len(y), config.adaptive_limit or len(y))
@@ -437,7 +437,7 @@ class Job:
                 ctx.score(self.threat, self.attack, self.eps, system, adv, seconds, crafted_on, params)
 
 
-def is_random(system: System, run: RunSource) -> bool:
+def is_random(system: System, run: Run) -> bool:
     """Whether the system draws SLQ block choices (so the adaptive attack needs EOT)."""
     return system.kind == "slq" or (system.kind == "ensemble" and any(m.vaccination == "slq" for m in run.members))
 
@@ -479,19 +479,19 @@ def _progress(enabled: bool) -> Iterator[Any]:
 # results
 
 
-def _models_label(models: str | Path | RunSource) -> str:
-    """How results name the evaluated models: the folder given, or "in-memory" for a loaded RunSource."""
-    return "in-memory" if isinstance(models, RunSource) else str(models)
+def _models_label(models: str | Path | Run) -> str:
+    """How results name the evaluated models: the folder given, or "in-memory" for a loaded Run."""
+    return "in-memory" if isinstance(models, Run) else str(models)
 
 
-def _fingerprint(models: str | Path | RunSource, info: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
+def _fingerprint(models: str | Path | Run, info: dict[str, Any], config: EvalConfig) -> dict[str, Any]:
     values = {**asdict(config), "models": _models_label(models),
               "data": info.get("source")}
     return {k: values[k] for k in FINGERPRINT}
 
 
-def collect(store: CellStore, run: RunSource, config: EvalConfig, systems: Sequence[System], info: dict[str, Any],
-            models: str | Path | RunSource, elapsed: float) -> dict[str, Any]:
+def collect(store: CellStore, run: Run, config: EvalConfig, systems: Sequence[System], info: dict[str, Any],
+            models: str | Path | Run, elapsed: float) -> dict[str, Any]:
     """results.json contents: the cells this config asks for (in job order), config, data, versions."""
     adaptive = adaptive_systems(systems, config, run)
     keys = [cell_key("clean", "none", None, s.name) for s in systems]

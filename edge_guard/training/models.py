@@ -7,7 +7,7 @@ ONNX graph is self-contained (the bundle manifest then says mean=0, std=1, scale
     model = create_model("compact_cnn", num_classes=43, mean=(0.34, 0.31, 0.32), std=(0.28, 0.26, 0.27))
     list_models()  # ["compact_cnn", "resnet14", "resnet_small"]
 
-`load_checkpoint(path) -> (model, checkpoint_dict)` rebuilds a model from a training checkpoint.
+Checkpoints (`edge_guard.training.checkpoint.load_checkpoint`) rebuild their model through this registry.
 """
 
 from __future__ import annotations
@@ -179,9 +179,3 @@ def resnet14(num_classes: int, **kwargs: Any) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-def load_checkpoint(path: Any, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a training checkpoint (eval mode). Returns (model, checkpoint dict)."""
-    from edge_guard.training.checkpoint import load_checkpoint as _load
-
-    return _load(path, map_location=map_location)

@@ -44,9 +44,10 @@ from edge_guard.engine import softmax
 from edge_guard.engine import vote as engine_vote
 from edge_guard.errors import ConfigError, expected_got
 from edge_guard.training.adversarial import AdversarialConfig, adversarial_transform
-from edge_guard.training.checkpoint import make_vaccination, save_checkpoint
+from edge_guard.spec import MemberSpec, Vaccination, member_spec
+from edge_guard.training.checkpoint import load_checkpoint, make_vaccination, save_checkpoint
 from edge_guard.training.data import Dataset, load_dataset, split_by_track
-from edge_guard.training.models import load_checkpoint
+from edge_guard.training.run import ENSEMBLE_FILE, EnsembleFile, EnsembleMember, train_config
 from edge_guard.training.train import (
     SLQ_QUALITIES,
     BatchTransform,
@@ -92,6 +93,7 @@ def vaccinate(
     backend: str = "auto",
     out_dir: str | Path = "runs/ensemble",
     resume: bool = False,
+    cache_dir: str | Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
 ) -> VaccinateResult:
@@ -121,18 +123,18 @@ def vaccinate(
         raise ConfigError(expected_got("--shared-epochs", "0 with --adversarial-eps", shared_epochs,
                                        "adversarial members train alone; drop one of the two options."))
     base_model, base = load_checkpoint(base_ckpt)
-    base_cfg = _base_config(base["run_config"])
+    base_cfg = train_config(base["run_config"])
     cfg = dataclasses.replace(
-        base_cfg, data=str(data) if data is not None else base_cfg.data, epochs=epochs, lr=lr, schedule="cosine",
+        base_cfg, model_kwargs={}, data=str(data) if data is not None else base_cfg.data, epochs=epochs, lr=lr, schedule="cosine",
         batch_size=batch_size or base_cfg.batch_size, augment=base_cfg.augment if augment is None else augment,
         num_threads=num_threads, device=device, val_every=val_every, subsampling=subsampling, backend=backend,
         jpeg_augment=(), low_res=(), slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume,
         out_dir=str(out_dir),
         eval_qualities=base_cfg.eval_qualities if eval_qualities is None else tuple(int(q) for q in eval_qualities))
-    train_set, val_set = _member_data(cfg, dataset, base)
+    say = echo or (lambda _msg: None)
+    train_set, val_set = _member_data(cfg, dataset, base, cache_dir, say)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say = echo or (lambda _msg: None)
     say(f"vaccinating {base_ckpt} ({base['model_name']}): members "
         + ", ".join([f"q{q}" for q in qualities] + (["slq"] if slq else [])) + f"; {epochs} epochs each"
         + (f", the first {shared_epochs} shared" if shared_epochs else "")
@@ -143,46 +145,45 @@ def vaccinate(
         views.setdefault(f"jpeg_{q}", jpeg.roundtrip(val_set.images, q, subsampling=subsampling, backend=backend))
     codec = dict(jpeg.codec_info(backend, subsampling))
     members: dict[str, TrainResult] = {}
-    specs = [(f"q{q}", "jpeg", q) for q in qualities] + ([("slq", "slq", None)] if slq else [])
+    specs = [member_spec(Vaccination.JPEG, q) for q in qualities] + ([member_spec(Vaccination.SLQ)] if slq else [])
     start_model, start = base_model, None
     if shared_epochs:
         start_model = copy.deepcopy(base_model)
         start = _shared_start(start_model, train_set, cfg, specs, shared_epochs, out, progress, say)
-    for name, kind, q in specs:
+    for spec in specs:
         t0 = time.perf_counter()
+        name, q = spec.name, spec.quality
         member_cfg = dataclasses.replace(cfg, out_dir=str(out / name))
-        vacc = make_vaccination(kind, q, [q] if q is not None else list(cfg.slq_qualities), codec, subsampling,
-                                adversarial.to_dict() if adversarial else None)
+        vacc = make_vaccination(spec.vaccination, q, [q] if q is not None else list(cfg.slq_qualities), codec,
+                                subsampling, adversarial.to_dict() if adversarial else None)
         model = copy.deepcopy(start_model)
         members[name] = fit(
-            model, train_set, val_set, member_cfg, model_kwargs=base["model_kwargs"],
-            vaccination=vacc, val_view=f"jpeg_{q}" if q is not None else "slq", views=views,
-            train_transform=_transform(kind, q, cfg, model, adversarial), progress=progress, echo=echo, start=start)
+            model, train_set, val_set, member_cfg, model_kwargs=base["model_kwargs"], vaccination=vacc,
+            val_view=spec.view, views=views, train_transform=_transform(spec, cfg, model, adversarial),
+            progress=progress, echo=echo, start=start)
         say(f"member {name}: val acc {members[name].metrics['val_accuracy']:.4f} on its own preprocessing "
             f"({time.perf_counter() - t0:.0f} s)")
 
     shutil.copy2(base_ckpt, out / "base.pt")
-    spec = ensemble_spec(base, codec, cfg, specs, adversarial, shared_epochs)
-    (out / "ensemble.json").write_text(json.dumps(spec, indent=2) + "\n")
+    ensemble = ensemble_file(base, codec, cfg, specs, adversarial, shared_epochs)
+    (out / ENSEMBLE_FILE).write_text(json.dumps(ensemble.to_dict(), indent=2) + "\n")
     metrics = ensemble_metrics(members, specs, base_model, views, val_set.labels, cfg)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     say(f"ensemble: majority vote {metrics['ensemble']['per_member']:.4f} (per-member JPEG), "
         f"{metrics['ensemble']['slq']:.4f} (SLQ); base on clean {metrics['base']['clean']:.4f}")
-    return VaccinateResult(out, out / "ensemble.json", members, metrics)
+    return VaccinateResult(out, out / ENSEMBLE_FILE, members, metrics)
 
 
-def ensemble_spec(base: dict[str, Any], codec: dict[str, Any], cfg: TrainConfig,
-                  specs: list[tuple[str, str, int | None]],
-                  adversarial: AdversarialConfig | None = None, shared_epochs: int = 0) -> dict[str, Any]:
+def ensemble_file(base: dict[str, Any], codec: dict[str, Any], cfg: TrainConfig, specs: Sequence[MemberSpec],
+                  adversarial: AdversarialConfig | None = None, shared_epochs: int = 0) -> EnsembleFile:
     """The ensemble.json contents: classes, input size, codec and one entry per member."""
-    return {
-        "classes": list(base["classes"]), "input_size": list(base["input_size"]), "subsampling": cfg.subsampling,
-        "backend": codec["backend"], "codec_version": codec["version"], "slq_qualities": list(cfg.slq_qualities),
-        "base": "base.pt", "epochs": cfg.epochs, "shared_epochs": shared_epochs, "lr": cfg.lr,
-        "adversarial": adversarial.to_dict() if adversarial else None,
-        "members": [{"name": name, "checkpoint": f"{name}/best.pt", "vaccination": kind, "quality": q}
-                    for name, kind, q in specs],
-    }
+    return EnsembleFile(
+        classes=tuple(base["classes"]), input_size=tuple(base["input_size"]), subsampling=cfg.subsampling,
+        backend=codec["backend"], codec_version=codec["version"], slq_qualities=tuple(cfg.slq_qualities),
+        base="base.pt", epochs=cfg.epochs, shared_epochs=shared_epochs, lr=cfg.lr,
+        adversarial=adversarial.to_dict() if adversarial else None,
+        members=tuple(EnsembleMember(name=s.name, vaccination=s.vaccination, quality=s.quality,
+                                     checkpoint=f"{s.name}/best.pt") for s in specs))
 
 
 def majority_vote(logits: Sequence[np.ndarray]) -> np.ndarray:
@@ -191,12 +192,12 @@ def majority_vote(logits: Sequence[np.ndarray]) -> np.ndarray:
     return engine_vote(softmax(np.stack([np.asarray(lg, dtype=np.float32) for lg in logits])), "majority")[0]
 
 
-def ensemble_metrics(members: dict[str, TrainResult], specs: list[tuple[str, str, int | None]], base_model: Any,
+def ensemble_metrics(members: dict[str, TrainResult], specs: Sequence[MemberSpec], base_model: Any,
                      views: dict[str, np.ndarray], labels: np.ndarray, cfg: TrainConfig) -> dict[str, Any]:
     """Each member on its own preprocessing; majority vote with per-member and with shared SLQ preprocessing."""
     own, on_slq, per_member = {}, [], []
-    for name, kind, q in specs:
-        view = f"jpeg_{q}" if kind == "jpeg" else "slq"
+    for spec in specs:
+        name, view = spec.name, spec.view
         known = members[name].val_logits  # fit measured the best weights on both views already
         if view not in known or "slq" not in known:
             model, _ = load_checkpoint(members[name].best_checkpoint)
@@ -204,12 +205,12 @@ def ensemble_metrics(members: dict[str, TrainResult], specs: list[tuple[str, str
         own_logits = known[view]
         per_member.append(own_logits)
         on_slq.append(known["slq"])
-        own[name] = {"vaccination": kind, "quality": q, "preprocessing": view,
+        own[name] = {"vaccination": str(spec.vaccination), "quality": spec.quality, "preprocessing": view,
                      "val_accuracy": _acc(own_logits, labels), "val_accuracy_slq": _acc(on_slq[-1], labels)}
     base = {"clean": _acc(predict_logits(base_model, views["clean"]), labels), "slq":
             _acc(predict_logits(base_model, views["slq"]), labels),
             "jpeg": {str(q): _acc(predict_logits(base_model, views[f"jpeg_{q}"]), labels)
-                     for _, kind, q in specs if kind == "jpeg"}}
+                     for q in (s.quality for s in specs if s.vaccination == Vaccination.JPEG)}}
     return {
         "val_images": int(len(labels)), "members": own, "base": base,
         "ensemble": {"per_member": round(float((majority_vote(per_member) == labels).mean()), 5),
@@ -222,14 +223,15 @@ def ensemble_metrics(members: dict[str, TrainResult], specs: list[tuple[str, str
 # helpers
 
 
-def _transform(kind: str, quality: int | None, cfg: TrainConfig, model: Any,
+def _transform(spec: MemberSpec, cfg: TrainConfig, model: Any,
                adversarial: AdversarialConfig | None) -> BatchTransform:
     """The member's training-batch JPEG step on uint8 NHWC batches (after augmentation)."""
+    quality, jpeg_member = spec.quality, spec.vaccination == Vaccination.JPEG
     if adversarial is not None:
         return adversarial_transform(model, adversarial, quality=quality,
-                                     slq_qualities=None if kind == "jpeg" else cfg.slq_qualities,
+                                     slq_qualities=None if jpeg_member else cfg.slq_qualities,
                                      subsampling=cfg.subsampling, backend=cfg.backend)
-    if kind == "jpeg":
+    if jpeg_member:
         return lambda x, rng: jpeg.roundtrip(x, quality, subsampling=cfg.subsampling, backend=cfg.backend)
     # a fresh SLQ block pattern for every batch, drawn from the epoch's seeded generator
     return lambda x, rng: jpeg.slq(x, cfg.slq_qualities, rng=rng, subsampling=cfg.subsampling, backend=cfg.backend)
@@ -246,13 +248,13 @@ def mixed_transform(steps: Sequence[BatchTransform]) -> BatchTransform:
     return transform
 
 
-def _shared_start(model: Any, train_set: Dataset, cfg: TrainConfig, specs: list[tuple[str, str, int | None]],
+def _shared_start(model: Any, train_set: Dataset, cfg: TrainConfig, specs: Sequence[MemberSpec],
                   epochs: int, out: Path, progress: bool, say: Callable[[str], None]) -> WarmStart:
     """Train `model` (a copy of the base) in place for the members' first `epochs` epochs, each image
     compressed like the input of a member drawn at random, so every member starts from JPEG-aware weights.
     Saved as <out>/shared.pt; --resume reuses it when the settings match."""
     path = out / "shared.pt"
-    settings = {"members": [name for name, _, _ in specs], "epochs": epochs, "of": cfg.epochs, "lr": cfg.lr,
+    settings = {"members": [s.name for s in specs], "epochs": epochs, "of": cfg.epochs, "lr": cfg.lr,
                 "seed": cfg.seed, "batch_size": cfg.batch_size, "subsampling": cfg.subsampling}
     if cfg.resume and path.exists():
         try:
@@ -265,37 +267,24 @@ def _shared_start(model: Any, train_set: Dataset, cfg: TrainConfig, specs: list[
             say(f"shared start: reusing {path}")
             return WarmStart(epochs, saved["optimizer"], saved["scheduler"])
     t0 = time.perf_counter()
-    mixed = mixed_transform([_transform(kind, q, cfg, model, None) for _, kind, q in specs])
+    mixed = mixed_transform([_transform(s, cfg, model, None) for s in specs])
     start = warm_start(model, train_set, cfg, epochs, mixed, progress)
     save_checkpoint({"settings": settings, "model": model.state_dict(), "optimizer": start.optimizer,
                      "scheduler": start.scheduler}, path)
     say(f"shared start: epochs 1..{epochs} of {cfg.epochs} trained once on a mix of "
-        + ", ".join(name for name, _, _ in specs) + f" inputs ({time.perf_counter() - t0:.0f} s)")
+        + ", ".join(s.name for s in specs) + f" inputs ({time.perf_counter() - t0:.0f} s)")
     return start
 
 
-def _base_config(run_config: dict[str, Any]) -> TrainConfig:
-    """TrainConfig from a checkpoint's run_config (JSON lists back to tuples; unknown keys ignored)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    kwargs = {k: _tuples(v) for k, v in run_config.items() if k in names}
-    kwargs["model_kwargs"] = {}
-    try:
-        return TrainConfig(**kwargs)
-    except (TypeError, ConfigError) as exc:
-        raise ConfigError(f"base checkpoint run_config is not a usable training config: {exc}") from None
-
-
-def _tuples(value: Any) -> Any:
-    """JSON lists (nested too, as low_res's stages) back to the tuples TrainConfig holds."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def _member_data(cfg: TrainConfig, dataset: Dataset | None, base: dict[str, Any]) -> tuple[Dataset, Dataset]:
+def _member_data(cfg: TrainConfig, dataset: Dataset | None, base: dict[str, Any], cache_dir: str | Path | None,
+                 say: Callable[[str], None]) -> tuple[Dataset, Dataset]:
     """Load (unless given) and split the data exactly as the base run did."""
     if dataset is None:
         if not cfg.data:
             raise ConfigError(expected_got("data", "a dataset folder (--data PATH)", "nothing recorded in the base"))
-        dataset = load_dataset(cfg.data, "train", cfg.size, skip_bad=cfg.skip_bad, limit=cfg.limit, seed=cfg.seed)
+        dataset = load_dataset(cfg.data, "train", cfg.size, skip_bad=cfg.skip_bad, limit=cfg.limit, seed=cfg.seed,
+                               cache_dir=cache_dir)
+        say(dataset.report.summary())
     if list(dataset.classes) != list(base["classes"]):
         raise ConfigError(expected_got("dataset classes", f"the base model's {len(base['classes'])} classes",
                                        f"{len(dataset.classes)} different ones", "use the base's dataset."))

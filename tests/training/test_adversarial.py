@@ -16,7 +16,7 @@ from edge_guard.training.adversarial import AdversarialConfig, adversarial_trans
 from edge_guard.training.attacks.bpda import BPDAJPEG
 from edge_guard.training.attacks.fgsm import FGSM
 from edge_guard.training.augment import to_tensor, to_uint8
-from edge_guard.training.models import load_checkpoint
+from edge_guard.training.checkpoint import load_checkpoint
 from edge_guard.training.train import TrainConfig, TrainResult, train
 from edge_guard.training.vaccinate import vaccinate
 from tests.training.synthetic import make_dataset

@@ -25,9 +25,9 @@ from edge_guard.training import evaluate as ev
 from edge_guard.training.attacks import EOT, BPDAJPEG, DefendedModel
 from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, save_checkpoint
 from edge_guard.training.evaluate import EvalConfig, evaluate, on_device, robustness_target
-from edge_guard.training.export.evaldata import load_eval_data
-from edge_guard.training.export.source import load_run
-from edge_guard.training.models import create_model, load_checkpoint
+from edge_guard.training.run import Run
+from edge_guard.training.checkpoint import load_checkpoint
+from edge_guard.training.models import create_model
 from tests.training.synthetic import fit_full_batch, tinted_squares
 
 torch.set_num_threads(1)
@@ -146,8 +146,8 @@ def test_report_files_are_written_and_consistent(full) -> None:
 
 def test_success_rate_matches_an_independent_computation(world, full) -> None:
     """Gray-box FGSM eps 8/255 on base+JPEG q30: FGSM by hand on the base, the codec by hand."""
-    run = load_run(world["ens"])
-    data = load_eval_data(run, limit=24, calibration=0)
+    run = Run.open(world["ens"])
+    data = run.dataset(limit=24, calibration=0)
     x = torch.from_numpy(data.images.transpose(0, 3, 1, 2).copy()).float() / 255
     y = torch.from_numpy(data.labels)
     base, _ = load_checkpoint(world["ens"] / "base.pt")
@@ -287,7 +287,7 @@ def test_clean_accuracy_on_the_official_test_split(world, tmp_path) -> None:
 
 
 def test_on_device_moves_copies_and_leaves_the_callers_run(world) -> None:
-    run = load_run(world["ens"])
+    run = Run.open(world["ens"])
     same = on_device(run, torch.device("cpu"))
     assert same.base is run.base and all(a.model is b.model for a, b in zip(same.members, run.members))
     moved = on_device(run, torch.device("meta"))  # any other device: copies, on that device

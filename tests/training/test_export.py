@@ -27,7 +27,9 @@ from edge_guard.guard import Guard
 from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, save_checkpoint
 from edge_guard.training.diffjpeg import DiffJPEG
 from edge_guard.spec import MemberSpec, member_spec
-from edge_guard.training.export import ExportOptions, MemberSource, RunSource, export_run, load_run
+from edge_guard.training.export import ExportOptions, export_run
+from edge_guard.training.run import Run, RunMember
+from edge_guard.training.train import TrainConfig
 from edge_guard.training.export.in_graph import jpeg_graph
 from edge_guard.training.export.pipeline import resolve_defense
 from edge_guard.training.models import create_model
@@ -72,14 +74,14 @@ def world(tmp_path_factory):
     mp.undo()
 
 
-def _run(world, members=("q40", "q80"), *, data=True, base=True) -> RunSource:
+def _run(world, members=("q40", "q80"), *, data=True, base=True) -> Run:
     spec = {"q40": ("jpeg", 40), "q80": ("jpeg", 80), "slq": ("slq", None), "base": ("none", None)}
-    return RunSource(
+    return Run(
         classes=CLASSES, input_size=(SIZE, SIZE),
-        members=tuple(MemberSource(MemberSpec(name=n, vaccination=spec[n][0], quality=spec[n][1]), world["models"][n])
+        members=tuple(RunMember(MemberSpec(name=n, vaccination=spec[n][0], quality=spec[n][1]), world["models"][n])
                       for n in members),
         slq_qualities=(40, 80), base=world["models"]["base"] if base else None,
-        config={"data": str(world["data"]), "seed": 0, "val_fraction": 0.3} if data else {},
+        config=TrainConfig(data=str(world["data"]), seed=0, val_fraction=0.3) if data else TrainConfig(),
     )
 
 
@@ -239,8 +241,8 @@ def test_resolve_defense(world):
     assert (d.kind, d.per_member, d.qualities) == ("jpeg", True, (40, 80))  # the SLQ set doubles as qualities
     assert resolve_defense(_run(world, ("slq",)), None, False).kind == "slq"
     assert resolve_defense(_run(world, ("base",)), None, False).kind == "none"
-    odd = RunSource(CLASSES, (SIZE, SIZE), (MemberSource(member_spec("jpeg", 60), world["models"]["q40"]),
-                                            MemberSource(member_spec("slq"), world["models"]["slq"])),
+    odd = Run(CLASSES, (SIZE, SIZE), (RunMember(member_spec("jpeg", 60), world["models"]["q40"]),
+                                            RunMember(member_spec("slq"), world["models"]["slq"])),
                     slq_qualities=(40, 80))
     with pytest.raises(ConfigError, match="SLQ set"):
         resolve_defense(odd, None, False)
@@ -390,7 +392,7 @@ def test_cli_exports_an_ensemble_directory_and_a_single_run(world, tmp_path):
     one = load_bundle(tmp_path / "one")
     assert one.name == "solo" and [(m.name, m.quality) for m in one.members] == [("q60", 60)]
     assert one.metrics["validation"]["from"] == "--data"
-    assert [m.name for m in load_run(single / "best.pt").members] == ["q60"]  # a checkpoint file works too
+    assert [m.name for m in Run.open(single / "best.pt").members] == ["q60"]  # a checkpoint file works too
 
     # bad input: one clear line, exit code 2, no traceback
     result = runner.invoke(app, ["export", str(single), "--out", str(tmp_path / "bad"), "--precision", "int4"])

@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from edge_guard.errors import ConfigError
-from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, save_checkpoint
-from edge_guard.training.models import (
-    count_parameters,
-    create_model,
-    list_models,
-    load_checkpoint,
-    register_model,
-)
+from edge_guard.training.checkpoint import build_checkpoint, load_checkpoint, make_vaccination, save_checkpoint
+from edge_guard.training.models import count_parameters, create_model, list_models, register_model
 
 torch.set_num_threads(1)
 CODEC = {"backend": "turbojpeg", "version": "2.1.5"}

@@ -15,7 +15,8 @@ from edge_guard.errors import ConfigError
 from edge_guard.training.augment import AugmentConfig, augment_batch, to_tensor, to_uint8
 from edge_guard.training.checkpoint import make_vaccination
 from edge_guard.training.data import split_by_track
-from edge_guard.training.models import create_model, load_checkpoint
+from edge_guard.training.checkpoint import load_checkpoint
+from edge_guard.training.models import create_model
 from edge_guard.training.train import (TrainConfig, TrainResult, accuracy, fit, jpeg_augment_transform, make_batch,
                                        resolve_device, robustness_views, train, warm_start)
 from tests.training.synthetic import make_dataset, write_gtsrb

@@ -13,7 +13,8 @@ from edge_guard import jpeg
 from edge_guard.cli import app
 from edge_guard.errors import ConfigError
 from edge_guard.training.data import Dataset, split_by_track
-from edge_guard.training.models import load_checkpoint
+from edge_guard.spec import member_spec
+from edge_guard.training.checkpoint import load_checkpoint
 from edge_guard.training.train import (TrainConfig, TrainResult, accuracy, jpeg_augment_transform,
                                        robustness_views, train)
 from edge_guard.training.adversarial import AdversarialConfig
@@ -55,7 +56,7 @@ def test_vaccinated_member_beats_base_on_jpeg_inputs(base: TrainResult, ensemble
     assert base_acc < accuracy(base_model, test.images, test.labels) - 0.1  # q10 hurts the clean-trained base
     assert member_acc >= base_acc + 0.05, (member_acc, base_acc)  # seed 0: 0.78 vs 0.60
     # control: the same fine-tuning without the JPEG step helps less (seed 0: 0.71)
-    monkeypatch.setattr("edge_guard.training.vaccinate._transform", lambda kind, q, cfg, model, adv: lambda x, rng: x)
+    monkeypatch.setattr("edge_guard.training.vaccinate._transform", lambda spec, cfg, model, adv: lambda x, rng: x)
     control = vaccinate(base.best_checkpoint, dataset=data, qualities=(Q,), slq=False, epochs=3, lr=1e-3,
                         num_threads=1, out_dir=tmp_path / "control", progress=False)
     control_model, _ = load_checkpoint(control.members[f"q{Q}"].best_checkpoint)
@@ -139,7 +140,7 @@ def test_ensemble_metrics_reuse_the_members_final_logits(ensemble: VaccinateResu
     views = robustness_views(val.images, TrainConfig(eval_qualities=(Q,), slq_qualities=(20, 40, 60, 80)))
     reloaded = {name: dataclasses.replace(member, val_logits={}) for name, member in ensemble.members.items()}
     base_model, _ = load_checkpoint(base.best_checkpoint)
-    specs = [("q10", "jpeg", Q), ("slq", "slq", None)]
+    specs = [member_spec("jpeg", Q), member_spec("slq")]
     assert ensemble_metrics(reloaded, specs, base_model, views, val.labels, TrainConfig()) == ensemble.metrics
 
 
@@ -158,8 +159,8 @@ def test_training_transforms_use_the_runtime_codec() -> None:
     cfg = TrainConfig()
     x = make_dataset(n_per_class=2).images
     rng = np.random.default_rng(0)
-    np.testing.assert_array_equal(_transform("jpeg", 30, cfg, None, None)(x, rng), jpeg.roundtrip(x, 30, subsampling="420"))
-    slq = _transform("slq", None, cfg, None, None)
+    np.testing.assert_array_equal(_transform(member_spec("jpeg", 30), cfg, None, None)(x, rng), jpeg.roundtrip(x, 30, subsampling="420"))
+    slq = _transform(member_spec("slq"), cfg, None, None)
     first, second = slq(x, np.random.default_rng(5)), slq(x, np.random.default_rng(5))
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, jpeg.slq(x, (20, 40, 60, 80), rng=np.random.default_rng(5)))

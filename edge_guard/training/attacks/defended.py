@@ -24,10 +24,11 @@ from edge_guard import jpeg
 from edge_guard.engine import softmax
 from edge_guard.engine import vote as engine_vote
 from edge_guard.errors import InputError, expected_got
+from edge_guard.spec import Vaccination, VoteRule
 from edge_guard.training.attacks.bpda import BPDAJPEG, BPDASLQ
 from edge_guard.training.attacks.eot import EOT
 
-VOTES = ("soft", "majority")
+VOTES = VoteRule.values()
 SURROGATES = ("probs", "logits")
 
 
@@ -57,7 +58,7 @@ class DefendedModel(nn.Module):
         if not members or not all(isinstance(m, nn.Module) for m in members):
             raise InputError(expected_got("members", "one nn.Module or a non-empty list of them", repr(members)))
         if vote not in VOTES:
-            raise InputError(expected_got("vote", "'soft' or 'majority'", repr(vote)))
+            raise InputError(expected_got("vote", " or ".join(repr(v) for v in VOTES), repr(vote)))
         if surrogate not in SURROGATES:
             raise InputError(expected_got("surrogate", "'probs' or 'logits'", repr(surrogate)))
         self.members = nn.ModuleList(members)
@@ -104,15 +105,15 @@ def make_defense(kind: str, *, quality: int | None = None, qualities: Sequence[i
                  subsampling: str = "420", backend: str = "auto", backward: str = "identity",
                  rounding: str = "ste", rng: np.random.Generator | int | None = None) -> nn.Module | None:
     """The BPDA preprocessing for a manifest defense kind: "none" -> None, "jpeg" (needs quality), "slq"."""
-    if kind == "none":
+    if kind == Vaccination.NONE:
         return None
-    if kind == "jpeg":
+    if kind == Vaccination.JPEG:
         if quality is None:
             raise InputError(expected_got("quality for a 'jpeg' defense", "an integer 1..100", None))
         return BPDAJPEG(quality, subsampling, backend, backward, rounding)
-    if kind == "slq":
+    if kind == Vaccination.SLQ:
         return BPDASLQ(qualities, subsampling, backend, backward, rounding, rng)
-    raise InputError(expected_got("defense kind", "'none', 'jpeg' or 'slq'", repr(kind)))
+    raise InputError(expected_got("defense kind", " or ".join(repr(k) for k in Vaccination.values()), repr(kind)))
 
 
 def jpeg_defended(model: nn.Module, quality: int, *, backward: str = "identity", subsampling: str = "420",

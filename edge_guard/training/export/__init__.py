@@ -4,7 +4,7 @@
     result = export_bundle("runs/shield", ExportOptions(out=Path("export/gtsrb-shield"), data=Path("data/gtsrb")))
 
 Modules, one concept each:
-    source      what is exported: ensemble.json / best.pt -> torch members (RunSource)
+    source      what is exported: ensemble.json / best.pt -> torch members (Run)
     evaldata    the run's held-out validation images and int8 calibration images
     onnx_io     torch -> ONNX (pinned opset, dynamo with TorchScript fallback) and parity checks
     in_graph    DiffJPEG exported as a graph and chained in front of a member
@@ -17,7 +17,5 @@ Modules, one concept each:
 """
 
 from edge_guard.training.export.pipeline import DEFENSES, ExportOptions, ExportResult, export_bundle, export_run
-from edge_guard.training.export.source import MemberSource, RunSource, load_run
 
-__all__ = ["DEFENSES", "ExportOptions", "ExportResult", "MemberSource", "RunSource", "export_bundle", "export_run",
-           "load_run"]
+__all__ = ["DEFENSES", "ExportOptions", "ExportResult", "export_bundle", "export_run"]

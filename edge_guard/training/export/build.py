@@ -19,7 +19,7 @@ from edge_guard.training.export import in_graph, onnx_io, precision
 from edge_guard.training.export.graph_ops import fuse
 from edge_guard.spec import DefenseSpec, Vaccination
 from edge_guard.training.export.measure import agreement, member_tensors, to_input
-from edge_guard.training.export.source import RunSource
+from edge_guard.training.run import Run
 
 
 @dataclass
@@ -37,7 +37,7 @@ def in_graph_member(defense: DefenseSpec, vaccination: str) -> bool:
     return defense.in_graph and vaccination == "jpeg"
 
 
-def export_members(run: RunSource, defense: DefenseSpec, real: np.ndarray | None, random_x: np.ndarray, *,
+def export_members(run: Run, defense: DefenseSpec, real: np.ndarray | None, random_x: np.ndarray, *,
                    exporter: str, seed: int, step: Any) -> MemberGraphs:
     """fp32 ONNX graph of every member (parity-checked), with the JPEG graph chained in when in-graph.
 
@@ -74,7 +74,7 @@ def export_members(run: RunSource, defense: DefenseSpec, real: np.ndarray | None
     return g
 
 
-def fuse_checked(run: RunSource, defense: DefenseSpec, graphs: dict[str, onnx.ModelProto],
+def fuse_checked(run: Run, defense: DefenseSpec, graphs: dict[str, onnx.ModelProto],
                  sample: np.ndarray) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Fuse the member graphs; check the fused output equals theirs on uint8 (N, H, W, 3) `sample` images.
 
@@ -102,7 +102,7 @@ def fuse_checked(run: RunSource, defense: DefenseSpec, graphs: dict[str, onnx.Mo
     return fused, check
 
 
-def convert_members(run: RunSource, defense: DefenseSpec, g: MemberGraphs, prec: str, calibration: np.ndarray | None,
+def convert_members(run: Run, defense: DefenseSpec, g: MemberGraphs, prec: str, calibration: np.ndarray | None,
                     probe: np.ndarray, *, seed: int, step: Any) -> tuple[MemberGraphs, dict[str, Any]]:
     """The `prec` variant of every plain member graph (the JPEG part stays fp32), checked against fp32.
 

@@ -33,9 +33,9 @@ from edge_guard.errors import BundleError, ConfigError, expected_got
 from edge_guard.training.export import in_graph, measure, onnx_io, precision
 from edge_guard.training.export.build import (MemberGraphs, convert_members, export_members, fuse_checked,
                                               in_graph_member)
-from edge_guard.training.export.evaldata import DEFAULT_LIMIT, EvalData, load_eval_data
+from edge_guard.training.run import DEFAULT_LIMIT, EvalData, Run
 from edge_guard.spec import DefenseKind, DefenseSpec, Vaccination, VoteRule
-from edge_guard.training.export.source import RunSource, load_run
+from edge_guard.training.run import Run
 from edge_guard.training.export.writer import command_line, rewrite_metrics, write_bundle
 
 DEFENSES = ("per-member", "slq", "none")  # --defense: how the manifest's DefenseSpec is chosen
@@ -91,7 +91,7 @@ class ExportResult:
 # ----------------------------------------------------------------------------- checks
 
 
-def resolve_defense(run: RunSource, choice: str | None, in_graph_jpeg: bool) -> DefenseSpec:
+def resolve_defense(run: Run, choice: str | None, in_graph_jpeg: bool) -> DefenseSpec:
     """The manifest defense for `choice` (None: per-member if any member is jpeg-vaccinated, else slq
     if any is slq-vaccinated, else none)."""
     vacs = {m.vaccination for m in run.members}
@@ -196,7 +196,7 @@ def _accuracy_gate(fp32: dict[str, Any], variant: dict[str, Any], opts: ExportOp
 class _Job:
     """What every stage needs: the run, the resolved defense, the data, the options, and where to write."""
 
-    run: RunSource
+    run: Run
     defense: DefenseSpec
     data: EvalData
     opts: ExportOptions
@@ -286,13 +286,13 @@ def _variant_stage(job: _Job, steps: _Steps, staging: Path, g: MemberGraphs, met
 # ----------------------------------------------------------------------------- entry points
 
 
-def _steps_total(run: RunSource, defense: DefenseSpec, opts: ExportOptions) -> int:
+def _steps_total(run: Run, defense: DefenseSpec, opts: ExportOptions) -> int:
     n = len(run.members)
     jpeg_q = {m.quality for m in run.members if in_graph_member(defense, m.vaccination)}
     return n + len(jpeg_q) + int(opts.fused) + 1 + (n + 1 if opts.precision != "fp32" else 0) + 1
 
 
-def _fgsm_source(run: RunSource) -> tuple[torch.nn.Module, str]:
+def _fgsm_source(run: Run) -> tuple[torch.nn.Module, str]:
     if run.base is not None:
         return run.base, "base model (fp32 torch)"
     return run.members[0].model, f"member {run.members[0].name!r} (fp32 torch; the run has no base model)"
@@ -307,11 +307,11 @@ def _check_data(opts: ExportOptions, data: EvalData) -> None:
                                        "none", "Pass --data, or --force to write it unchecked."))
 
 
-def export_run(run: RunSource, opts: ExportOptions) -> ExportResult:
+def export_run(run: Run, opts: ExportOptions) -> ExportResult:
     """Export `run` to a verified bundle at opts.out; see the module docstring for the steps."""
     _check_options(opts)
     defense = resolve_defense(run, opts.defense, opts.in_graph_jpeg)
-    data = load_eval_data(run, opts.data, limit=opts.limit, calibration=opts.calibration)
+    data = run.dataset(opts.data, limit=opts.limit, calibration=opts.calibration)
     _check_data(opts, data)
     out = Path(opts.out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -358,4 +358,4 @@ def _keep_extra_files(old: Path, new: Path) -> list[str]:
 
 def export_bundle(run_dir: str | Path, opts: ExportOptions) -> ExportResult:
     """Export the ensemble directory / run directory / checkpoint at `run_dir` (see `load_run`)."""
-    return export_run(load_run(run_dir), opts)
+    return export_run(Run.open(run_dir), opts)

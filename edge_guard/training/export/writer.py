@@ -21,7 +21,7 @@ from edge_guard.bundle import (FORMAT_VERSION, BundleMember, FusedSpec, Manifest
                                write_manifest)
 from edge_guard.spec import DefenseSpec, InputSpec, VoteRule
 from edge_guard.training.export.graph_ops import set_metadata
-from edge_guard.training.export.source import RunSource
+from edge_guard.training.run import Run
 from edge_guard.training.provenance import versions
 
 FUSED_NAME = "fused"
@@ -42,7 +42,7 @@ def save_graph(model: onnx.ModelProto, path: Path, props: Mapping[str, object]) 
 
 def write_bundle(
     bundle_dir: Path,
-    run: RunSource,
+    run: Run,
     defense: DefenseSpec,
     graphs: Mapping[str, onnx.ModelProto],
     fused: onnx.ModelProto | None,
