@@ -67,7 +67,7 @@ def train_synthetic(model_name: str, classes: int, size: int, steps: int, seed: 
 def load_real(ckpt: str, data: str, n: int, split: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """The checkpoint and a seeded n images of `split`: "test" (the dataset's test set) or "val" (the
     training run's own held-out track-wise split), chosen as `edgeguard evaluate` chooses them."""
-        from edge_guard.training.run import Run
+    from edge_guard.training.run import Run
 
     run = Run.open(ckpt)
     ev = run.dataset(data, limit=n, calibration=0, split=split)

@@ -28,8 +28,8 @@ import torch
 from edge_guard.engine import softmax, vote
 from edge_guard.training.export.measure import member_view
 from edge_guard.training.export.pipeline import resolve_defense
+from edge_guard.training.predict import predict_logits
 from edge_guard.training.run import Run
-from edge_guard.training.train import predict_logits
 
 
 def measure(path: str, data: str | None, split: str, limit: int, seed: int) -> dict[str, Any]:

@@ -35,7 +35,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from edge_guard.training.models import create_model
-from edge_guard.training.train import accepts_side, downscale, predict_logits
+from edge_guard.training.predict import predict_logits
+from edge_guard.training.train import accepts_side
+from edge_guard.training.transforms import downscale
 
 VARIANTS = ("eager", "eager-nchw", "compile")  # in-process; the first is the reference
 

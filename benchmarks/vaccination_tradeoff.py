@@ -30,9 +30,9 @@ from edge_guard import jpeg
 from edge_guard.training.adversarial import AdversarialConfig
 from edge_guard.training.attacks import FGSM
 from edge_guard.training.augment import to_tensor, to_uint8
-from edge_guard.training.run import Run
 from edge_guard.training.checkpoint import load_checkpoint
-from edge_guard.training.train import predict_logits
+from edge_guard.training.predict import predict_logits
+from edge_guard.training.run import Run
 from edge_guard.training.vaccinate import vaccinate
 
 KEYS = {"lr": float, "adv": int, "frac": float, "epochs": int}

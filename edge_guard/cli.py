@@ -197,8 +197,8 @@ def train(
 
     Example: edgeguard train --data data/gtsrb --model compact_cnn --epochs 15 --out runs/base
     """
+    from edge_guard.training.config import TrainConfig
     from edge_guard.training.data import load_dataset
-    from edge_guard.training.train import TrainConfig
     from edge_guard.training.train import train as train_model
 
     config = TrainConfig(data=data, model=model, epochs=epochs, val_every=val_every, out_dir=out, resume=resume,

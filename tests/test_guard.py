@@ -14,8 +14,17 @@ from edge_guard import jpeg
 from edge_guard.bundle import sha256_file, write_manifest
 from edge_guard.errors import BundleError, InputError
 from edge_guard.guard import STAGES, Guard, Prediction, resize
-from tests.onnx_fixtures import (CLASSES, H, W, channel_weights, defense_dict, fused_graph, make_bundle, read_manifest,
-                                 solid)
+from tests.onnx_fixtures import (
+    CLASSES,
+    H,
+    W,
+    channel_weights,
+    defense_dict,
+    fused_graph,
+    make_bundle,
+    read_manifest,
+    solid,
+)
 
 RED, GREEN, BLUE = (220, 20, 20), (20, 220, 20), (20, 20, 220)
 

@@ -36,7 +36,7 @@ from edge_guard.errors import ConfigError, expected_got
 from edge_guard.training.attacks.bpda import BPDAJPEG, BPDASLQ
 from edge_guard.training.attacks.pgd import PGD
 from edge_guard.training.augment import to_tensor, to_uint8
-from edge_guard.training.train import BatchTransform
+from edge_guard.training.transforms import BatchTransform
 
 
 @dataclass(frozen=True)

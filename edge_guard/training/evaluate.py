@@ -56,11 +56,10 @@ from edge_guard.training.attacks import (
     predict,
     slq_defended,
 )
-from edge_guard.training.run import SPLITS
-from edge_guard.training.run import Run
+from edge_guard.training.device import DEVICE_NAMES, is_device_name, resolve_device
 from edge_guard.training.provenance import versions
 from edge_guard.training.report import cell_key, robustness_target, write_report
-from edge_guard.training.train import DEVICE_NAMES, is_device_name, resolve_device
+from edge_guard.training.run import SPLITS, Run
 
 EPS_ATTACKS = ("fgsm", "pgd")  # Linf budget: one cell per eps
 CELLS_FILE = "cells.jsonl"
@@ -467,8 +466,14 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
         yield _Null()
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn()) as bar:

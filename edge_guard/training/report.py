@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 CSV_COLUMNS = ("threat", "attack", "eps", "system", "quality", "n", "n_correct", "n_flipped", "clean_accuracy",
                "accuracy", "success_rate", "l2_mean", "l2_median", "linf_mean", "linf_median", "l2_all_mean",
                "l2_all_median", "linf_all_mean", "linf_all_median", "attack_seconds", "eval_seconds", "crafted_on")

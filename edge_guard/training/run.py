@@ -30,9 +30,20 @@ from torch import nn
 from edge_guard import jpeg
 from edge_guard.errors import ConfigError, DataError, expected_got
 from edge_guard.schema import decode
-from edge_guard.spec import (DEFAULT_SLQ_QUALITIES, CodecBackend, CodecSpec, MemberSpec, NonEmptyStr, Positive,
-                             Quality, Spec, Subsampling, Vaccination, member_spec)
-from edge_guard.training.train import TrainConfig
+from edge_guard.spec import (
+    DEFAULT_SLQ_QUALITIES,
+    CodecBackend,
+    CodecSpec,
+    MemberSpec,
+    NonEmptyStr,
+    Positive,
+    Quality,
+    Spec,
+    Subsampling,
+    Vaccination,
+    member_spec,
+)
+from edge_guard.training.config import TrainConfig
 
 ENSEMBLE_FILE = "ensemble.json"
 CHECKPOINT_FILE = "best.pt"

@@ -17,9 +17,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,116 +28,17 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
-from torch.nn import functional as F
 
 from edge_guard import jpeg
 from edge_guard.errors import ConfigError, expected_got
-from edge_guard.training.augment import AugmentConfig, augment_batch, to_tensor, to_uint8
 from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, read_checkpoint, save_checkpoint
+from edge_guard.training.config import TrainConfig
 from edge_guard.training.data import Dataset, load_dataset, split_by_track
+from edge_guard.training.device import resolve_device, set_threads
 from edge_guard.training.models import count_parameters, create_model
-
-# A batch transform applied AFTER augmentation on uint8 NHWC images (the JPEG step of vaccination):
-# fn(images uint8 (N, H, W, 3), rng) -> uint8 (N, H, W, 3).
-BatchTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-EVAL_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
-DEVICE_NAMES = "auto, cpu, cuda or cuda:N"  # --device values; see resolve_device
-SLQ_QUALITIES = jpeg.DEFAULT_SLQ_QUALITIES  # SHIELD's set, as the runtime's SLQ uses
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. Defaults: the compact CNN on GTSRB (31k training images): 15 epochs; one epoch
-    costs ~53 s of CPU time on one core (~30-35 s wall on 2 free cores)."""
-
-    data: str = ""  # dataset folder (train() loads it unless a Dataset is passed)
-    model: str = "compact_cnn"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    size: int = 32  # input side, pixels
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 3e-3  # peak learning rate
-    weight_decay: float = 5e-2  # decoupled (AdamW) / L2 (SGD: use ~5e-4)
-    optimizer: str = "adamw"  # "adamw" | "sgd" (momentum 0.9, nesterov)
-    schedule: str = "onecycle"  # "onecycle" (30% warm-up) | "cosine" (no warm-up, for fine-tuning)
-    seed: int = 0
-    label_smoothing: float = 0.1
-    augment: bool = True
-    rotate_deg: float = 10.0
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    translate_px: float = 2.0
-    brightness: float = 0.2
-    contrast: float = 0.2
-    num_threads: int = 2  # torch intra-op threads; 0 keeps torch's default
-    device: str = "auto"  # "auto" (a CUDA GPU when torch sees one, else the CPU) | "cpu" | "cuda" | "cuda:N"
-    val_fraction: float = 0.2  # split by GTSRB track
-    limit: int | None = None  # load at most this many images (quick runs)
-    skip_bad: bool = False
-    out_dir: str = "runs/base"
-    resume: bool = False
-    # validate after every N-th epoch and after the last; best.pt is the best validated epoch. One pass over
-    # GTSRB's 7,830 validation images costs ~7 s for ResNet-14 on 2 cores, ~10% of a training epoch
-    val_every: int = 1
-    eval_qualities: tuple[int, ...] = EVAL_QUALITIES
-    slq_qualities: tuple[int, ...] = SLQ_QUALITIES
-    # JPEG augmentation of the base: each training image is round-tripped with probability jpeg_p at a
-    # quality drawn from jpeg_augment (empty: off). The base then reads JPEG nearly as well as vaccinated
-    # members do, but perturbations crafted on it survive JPEG, so members fine-tuned from it lose most
-    # of the gray-box defense (docs/gtsrb-experiments.md, "A JPEG-aware base"); off for bases to vaccinate.
-    jpeg_augment: tuple[int, ...] = ()
-    jpeg_p: float = 0.5
-    subsampling: str = "420"
-    backend: str = "auto"
-    channels_last: bool = True  # 10-20% faster training steps on the CPU (benchmarks/training_speed.py)
-    # progressive resizing: (side px, epochs) stages trained first on images downscaled (antialiased) to
-    # `side`, then the remaining epochs at full size, where the model adapts to it (fast.ai's progressive
-    # resizing; Touvron et al. 2019, "FixRes"). A ResNet-14 step at 16 px costs ~0.3x one at 32 px, at
-    # 24 px ~0.6x (benchmarks/training_speed.py). Low-res epochs are not validated: not the model's input size
-    low_res: tuple[tuple[int, int], ...] = ()
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, "epochs", ">= 1", self.epochs),
-            (self.val_every >= 1, "val_every", ">= 1 (epochs between validations)", self.val_every),
-            (self.batch_size >= 2, "batch_size", ">= 2", self.batch_size),
-            (self.lr > 0, "lr", "> 0", self.lr),
-            (self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay),
-            (self.optimizer in ("adamw", "sgd"), "optimizer", '"adamw" or "sgd"', self.optimizer),
-            (self.schedule in ("onecycle", "cosine"), "schedule", '"onecycle" or "cosine"', self.schedule),
-            (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)", self.label_smoothing),
-            (0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction),
-            (self.size >= 8, "size", ">= 8", self.size),
-            (self.num_threads >= 0, "num_threads", ">= 0", self.num_threads),
-            (is_device_name(self.device), "device", DEVICE_NAMES, self.device),
-            (all(1 <= q <= 100 for q in self.eval_qualities + self.slq_qualities), "JPEG qualities", "1..100",
-             self.eval_qualities + self.slq_qualities),
-            (all(1 <= q <= 100 for q in self.jpeg_augment), "jpeg_augment", "JPEG qualities in 1..100",
-             self.jpeg_augment),
-            (0 <= self.jpeg_p <= 1, "jpeg_p", "in [0, 1]", self.jpeg_p),
-            (all(isinstance(stage, (tuple, list)) and len(stage) == 2 and 8 <= stage[0] < self.size
-                 and stage[1] >= 1 for stage in self.low_res), "low_res",
-             f"(side, epochs) stages with side in 8..{self.size - 1} and epochs >= 1", self.low_res),
-        ]
-        for ok, what, expected, got in checks:
-            if not ok:
-                raise ConfigError(expected_got(what, expected, got))
-        if sum(epochs for _, epochs in self.low_res) >= self.epochs:  # the stages are well-formed by now
-            raise ConfigError(expected_got("low_res", f"fewer low-res epochs than epochs ({self.epochs}), so the "
-                                           "model ends at full size", self.low_res))
-        self.augmentation()  # validates the jitter ranges
-
-    def side_at(self, epoch: int) -> int:
-        """Training image side, pixels, for 0-based `epoch` (config.size once the low_res stages are done)."""
-        end = 0
-        for side, epochs in self.low_res:
-            end += epochs
-            if epoch < end:
-                return side
-        return self.size
-
-    def augmentation(self) -> AugmentConfig:
-        return AugmentConfig(self.rotate_deg, tuple(self.scale_range), self.translate_px,  # type: ignore[arg-type]
-                             self.brightness, self.contrast)
+from edge_guard.training.predict import logits_accuracy, predict_logits, robustness_views
+from edge_guard.training.resume import resume_state
+from edge_guard.training.transforms import BatchTransform, jpeg_augment_transform, make_batch
 
 
 @dataclass(frozen=True)
@@ -178,7 +78,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *, progress: bool
     dataset: an already loaded Dataset (then config.data is only recorded). Returns a TrainResult;
     see the module docstring for the files written to config.out_dir.
     """
-    _set_threads(config)
+    set_threads(config.num_threads)
     if dataset is None:
         if not config.data:
             raise ConfigError(expected_got("data", "a dataset folder (--data PATH)", "nothing"))
@@ -199,33 +99,6 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *, progress: bool
                vaccination=make_vaccination("none", None, None, codec, config.subsampling),
                val_view="clean", views=views, train_transform=transform, progress=progress, echo=echo,
                on_epoch_end=on_epoch_end)
-
-
-def route_per_image(images: np.ndarray, choice: np.ndarray, steps: Sequence[BatchTransform],
-                    rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
-    """Write steps[choice[i]](images[i]) into out[i], one batched call per step, in step order (so the
-    steps draw from `rng` reproducibly). Images whose choice is outside 0..len(steps)-1 keep out's value.
-    images and out: uint8 (N, H, W, 3); choice: int (N,)."""
-    for i, step in enumerate(steps):
-        idx = np.flatnonzero(choice == i)
-        if len(idx):
-            out[idx] = step(images[idx], rng)
-    return out
-
-
-def jpeg_augment_transform(qualities: tuple[int, ...], p: float, subsampling: str = "420",
-                           backend: str = "auto") -> BatchTransform:
-    """A BatchTransform that JPEG round-trips each image with probability p at a quality drawn uniformly
-    from `qualities` (the runtime codec and settings); the other images pass unchanged. uint8 NHWC in/out."""
-    steps = [lambda x, rng, q=q: jpeg.roundtrip(x, q, subsampling=subsampling, backend=backend)
-             for q in sorted(set(int(q) for q in qualities))]
-
-    def transform(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        picked = rng.integers(len(steps), size=len(images))
-        hit = rng.random(len(images)) < p
-        return route_per_image(images, np.where(hit, picked, -1), steps, rng, out=images.copy())
-
-    return transform
 
 
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -262,7 +135,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     run_config = _resolved_config(config, model, model_kwargs, train_set, val_set, vaccination, device)
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": []}
     if config.resume and last_path.exists():
-        state = _resume(last_path, model, optimizer, scheduler, config, vaccination, log)
+        state = resume_state(last_path, model, optimizer, scheduler, config, vaccination, log)
     else:
         if config.resume:
             log(f"resume: no {last_path}, starting a new run")
@@ -339,7 +212,7 @@ def warm_start(model: nn.Module, train_set: Dataset, config: TrainConfig, epochs
 
 def _prepare(model: nn.Module, train_set: Dataset, config: TrainConfig) -> tuple[torch.device, int, Any, Any]:
     """Threads, device and memory format for training; returns (device, steps per epoch, optimizer, scheduler)."""
-    _set_threads(config)
+    set_threads(config.num_threads)
     device = resolve_device(config.device)
     model.to(device)
     _check_low_res(model, config, device)
@@ -426,92 +299,8 @@ def _epoch_label(config: TrainConfig, epoch: int) -> str:
     return f"epoch {epoch + 1}/{config.epochs}" + (f" ({side} px)" if side != config.size else "")
 
 
-def make_batch(images: np.ndarray, config: TrainConfig, aug: AugmentConfig | None, gen: torch.Generator,
-               transform: BatchTransform | None, rng: np.random.Generator, side: int | None = None) -> torch.Tensor:
-    """uint8 NHWC -> float32 NCHW [0, 1]: augment (torch), then the vaccination transform on uint8, then
-    (side smaller than the images) an antialiased bilinear downscale to side x side."""
-    x = to_tensor(images)
-    if aug is not None:
-        x = augment_batch(x, gen, aug)
-    if transform is not None:
-        x = to_tensor(transform(to_uint8(x), rng))
-    if side is not None and side != x.shape[-1]:
-        x = downscale(x, side)
-    return x.contiguous(memory_format=torch.channels_last) if config.channels_last else x.contiguous()
-
-
-def downscale(x: torch.Tensor, side: int) -> torch.Tensor:
-    """float32 (N, 3, H, W) -> (N, 3, side, side), antialiased bilinear: the low-res epochs' images."""
-    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 128,
-                   device: torch.device | str | None = None) -> np.ndarray:
-    """Logits float32 (N, C) for uint8 (N, H, W, 3) images, computed on `device` (default: the model's);
-    model in eval mode afterwards. Batches of 128 keep a CPU's activations in cache (512: 1.5-2x slower,
-    benchmarks/training_speed.py)."""
-    model.eval()
-    device = next(model.parameters()).device if device is None else device
-    outs = [model(to_tensor(images[i:i + batch_size]).to(device)).float().cpu().numpy()
-            for i in range(0, len(images), batch_size)]
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
-
-
-def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray,
-             device: torch.device | str | None = None) -> float:
-    """Top-1 accuracy in [0, 1] of `model` on uint8 (N, H, W, 3) images."""
-    return logits_accuracy(predict_logits(model, images, device=device), labels)
-
-
-def logits_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Top-1 accuracy in [0, 1] of logits (N, C) against int labels (N,); nan when N == 0."""
-    if len(labels) == 0:
-        return float("nan")
-    return float((logits.argmax(1) == labels).mean())
-
-
-def robustness_views(images: np.ndarray, config: TrainConfig, seed: int | None = None) -> dict[str, np.ndarray]:
-    """The validation images as the defenses see them: "clean", "jpeg_<q>" for q in config.eval_qualities
-    and "slq" (one seeded SLQ draw over config.slq_qualities). All uint8 (N, H, W, 3)."""
-    views = {"clean": images}
-    for q in sorted(set(config.eval_qualities)):
-        views[f"jpeg_{q}"] = jpeg.roundtrip(images, q, subsampling=config.subsampling, backend=config.backend)
-    rng = np.random.default_rng([config.seed if seed is None else seed, 1_000_003])
-    views["slq"] = jpeg.slq(images, tuple(config.slq_qualities), rng=rng, subsampling=config.subsampling,
-                            backend=config.backend)
-    return views
-
-
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def is_device_name(name: object) -> bool:
-    """Whether `name` is a --device value (DEVICE_NAMES); resolve_device checks that it exists."""
-    return isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name) is not None
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for --device: "auto" is the first CUDA GPU when torch sees one, else the CPU;
-    "cuda"/"cuda:N" must exist (a clear error instead of a crash at the first batch)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = int(name.split(":")[1]) if ":" in name else 0
-    if index >= count:
-        got = (f"{count} CUDA device(s)" if count else
-               f"no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})")
-        raise ConfigError(expected_got("--device", f"CUDA device {index}", got,
-                                       "pass --device cpu (or auto), or install a CUDA build of torch."))
-    return torch.device(name)
-
-
-def _set_threads(config: TrainConfig) -> None:
-    if config.num_threads > 0 and torch.get_num_threads() != config.num_threads:
-        torch.set_num_threads(config.num_threads)
 
 
 def _codec_info(config: TrainConfig) -> dict[str, Any]:
@@ -533,31 +322,6 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, steps: int) -> tuple[
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=config.lr * 0.01)
     return opt, sched
-
-
-# run-config keys that must match for --resume (they shape the schedule, the split or the model)
-_RESUME_KEYS = ("model", "epochs", "batch_size", "lr", "optimizer", "schedule", "seed", "val_fraction", "limit",
-                "size", "jpeg_augment", "jpeg_p")
-_RESUME_VACCINATION = ("kind", "quality", "qualities", "subsampling", "adversarial")
-
-
-def _resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            config: TrainConfig, vaccination: dict[str, Any], log: RunLog) -> dict[str, Any]:
-    ckpt = read_checkpoint(path)
-    old = ckpt["run_config"]
-    # compared as JSON (tuples are lists there); a key an older run lacks counts as its default
-    now, default = ({k: json.loads(json.dumps(getattr(c, k))) for k in _RESUME_KEYS} for c in (config, TrainConfig()))
-    diff = {k: (old.get(k, default[k]), now[k]) for k in _RESUME_KEYS if old.get(k, default[k]) != now[k]}
-    diff.update({f"vaccination.{k}": (ckpt["vaccination"].get(k), vaccination.get(k)) for k in _RESUME_VACCINATION
-                 if ckpt["vaccination"].get(k) != vaccination.get(k)})
-    if diff:
-        raise ConfigError(expected_got(f"--resume of {path}", "the same settings as the interrupted run",
-                                       "changes " + ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in diff.items())))
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    log(f"resumed from {path} after epoch {ckpt['epoch']}")
-    return {"epoch": int(ckpt["epoch"]), "best": float(ckpt["best_val_accuracy"]), "history": list(ckpt["history"])}
 
 
 def _resolved_config(config: TrainConfig, model: nn.Module, model_kwargs: dict[str, Any], train_set: Dataset,

@@ -43,24 +43,15 @@ from edge_guard import jpeg
 from edge_guard.engine import softmax
 from edge_guard.engine import vote as engine_vote
 from edge_guard.errors import ConfigError, expected_got
-from edge_guard.training.adversarial import AdversarialConfig, adversarial_transform
 from edge_guard.spec import MemberSpec, Vaccination, member_spec
+from edge_guard.training.adversarial import AdversarialConfig, adversarial_transform
 from edge_guard.training.checkpoint import load_checkpoint, make_vaccination, save_checkpoint
+from edge_guard.training.config import SLQ_QUALITIES, TrainConfig
 from edge_guard.training.data import Dataset, load_dataset, split_by_track
+from edge_guard.training.predict import logits_accuracy, predict_logits, robustness_views
 from edge_guard.training.run import ENSEMBLE_FILE, EnsembleFile, EnsembleMember, train_config
-from edge_guard.training.train import (
-    SLQ_QUALITIES,
-    BatchTransform,
-    TrainConfig,
-    TrainResult,
-    WarmStart,
-    fit,
-    logits_accuracy,
-    predict_logits,
-    robustness_views,
-    route_per_image,
-    warm_start,
-)
+from edge_guard.training.train import TrainResult, WarmStart, fit, warm_start
+from edge_guard.training.transforms import BatchTransform, mixed_transform
 
 
 @dataclass(frozen=True)
@@ -235,17 +226,6 @@ def _transform(spec: MemberSpec, cfg: TrainConfig, model: Any,
         return lambda x, rng: jpeg.roundtrip(x, quality, subsampling=cfg.subsampling, backend=cfg.backend)
     # a fresh SLQ block pattern for every batch, drawn from the epoch's seeded generator
     return lambda x, rng: jpeg.slq(x, cfg.slq_qualities, rng=rng, subsampling=cfg.subsampling, backend=cfg.backend)
-
-
-def mixed_transform(steps: Sequence[BatchTransform]) -> BatchTransform:
-    """A BatchTransform that passes each image through one of `steps`, drawn uniformly per image from the
-    batch's rng. uint8 NHWC in/out."""
-
-    def transform(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        pick = rng.integers(len(steps), size=len(x))
-        return route_per_image(x, pick, steps, rng, out=np.empty_like(x))
-
-    return transform
 
 
 def _shared_start(model: Any, train_set: Dataset, cfg: TrainConfig, specs: Sequence[MemberSpec],

@@ -17,7 +17,8 @@ from edge_guard.training.attacks.bpda import BPDAJPEG
 from edge_guard.training.attacks.fgsm import FGSM
 from edge_guard.training.augment import to_tensor, to_uint8
 from edge_guard.training.checkpoint import load_checkpoint
-from edge_guard.training.train import TrainConfig, TrainResult, train
+from edge_guard.training.config import TrainConfig
+from edge_guard.training.train import TrainResult, train
 from edge_guard.training.vaccinate import vaccinate
 from tests.training.synthetic import make_dataset
 

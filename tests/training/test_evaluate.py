@@ -22,12 +22,11 @@ from edge_guard import jpeg
 from edge_guard.cli import app
 from edge_guard.errors import ConfigError, DataError
 from edge_guard.training import evaluate as ev
-from edge_guard.training.attacks import EOT, BPDAJPEG, DefendedModel
-from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, save_checkpoint
+from edge_guard.training.attacks import BPDAJPEG, EOT, DefendedModel
+from edge_guard.training.checkpoint import build_checkpoint, load_checkpoint, make_vaccination, save_checkpoint
 from edge_guard.training.evaluate import EvalConfig, evaluate, on_device, robustness_target
-from edge_guard.training.run import Run
-from edge_guard.training.checkpoint import load_checkpoint
 from edge_guard.training.models import create_model
+from edge_guard.training.run import Run
 from tests.training.synthetic import fit_full_batch, tinted_squares
 
 torch.set_num_threads(1)

@@ -24,15 +24,15 @@ from edge_guard.bundle import load_bundle
 from edge_guard.cli import app
 from edge_guard.errors import BundleError, ConfigError
 from edge_guard.guard import Guard
-from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, save_checkpoint
-from edge_guard.training.diffjpeg import DiffJPEG
 from edge_guard.spec import MemberSpec, member_spec
+from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, save_checkpoint
+from edge_guard.training.config import TrainConfig
+from edge_guard.training.diffjpeg import DiffJPEG
 from edge_guard.training.export import ExportOptions, export_run
-from edge_guard.training.run import Run, RunMember
-from edge_guard.training.train import TrainConfig
 from edge_guard.training.export.in_graph import jpeg_graph
 from edge_guard.training.export.pipeline import resolve_defense
 from edge_guard.training.models import create_model
+from edge_guard.training.run import Run, RunMember
 from tests.training.synthetic import fit_full_batch, tinted_squares
 
 SIZE = 16

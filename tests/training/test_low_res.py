@@ -13,9 +13,12 @@ from typer.testing import CliRunner
 from edge_guard.cli import app
 from edge_guard.errors import ConfigError
 from edge_guard.training.checkpoint import make_vaccination
+from edge_guard.training.config import TrainConfig
 from edge_guard.training.data import split_by_track
 from edge_guard.training.models import create_model
-from edge_guard.training.train import TrainConfig, fit, make_batch, robustness_views, train
+from edge_guard.training.predict import robustness_views
+from edge_guard.training.train import fit, train
+from edge_guard.training.transforms import make_batch
 from edge_guard.training.vaccinate import vaccinate
 from tests.training.synthetic import make_dataset, write_gtsrb
 

@@ -13,12 +13,14 @@ from typer.testing import CliRunner
 from edge_guard.cli import app
 from edge_guard.errors import ConfigError
 from edge_guard.training.augment import AugmentConfig, augment_batch, to_tensor, to_uint8
-from edge_guard.training.checkpoint import make_vaccination
+from edge_guard.training.checkpoint import load_checkpoint, make_vaccination
+from edge_guard.training.config import TrainConfig
 from edge_guard.training.data import split_by_track
-from edge_guard.training.checkpoint import load_checkpoint
+from edge_guard.training.device import resolve_device
 from edge_guard.training.models import create_model
-from edge_guard.training.train import (TrainConfig, TrainResult, accuracy, fit, jpeg_augment_transform, make_batch,
-                                       resolve_device, robustness_views, train, warm_start)
+from edge_guard.training.predict import accuracy, robustness_views
+from edge_guard.training.train import TrainResult, fit, train, warm_start
+from edge_guard.training.transforms import jpeg_augment_transform, make_batch
 from tests.training.synthetic import make_dataset, write_gtsrb
 
 torch.set_num_threads(1)

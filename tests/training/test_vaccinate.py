@@ -12,14 +12,15 @@ from typer.testing import CliRunner
 from edge_guard import jpeg
 from edge_guard.cli import app
 from edge_guard.errors import ConfigError
-from edge_guard.training.data import Dataset, split_by_track
 from edge_guard.spec import member_spec
-from edge_guard.training.checkpoint import load_checkpoint
-from edge_guard.training.train import (TrainConfig, TrainResult, accuracy, jpeg_augment_transform,
-                                       robustness_views, train)
 from edge_guard.training.adversarial import AdversarialConfig
-from edge_guard.training.vaccinate import (VaccinateResult, _transform, ensemble_metrics, majority_vote,
-                                           mixed_transform, vaccinate)
+from edge_guard.training.checkpoint import load_checkpoint
+from edge_guard.training.config import TrainConfig
+from edge_guard.training.data import Dataset, split_by_track
+from edge_guard.training.predict import accuracy, robustness_views
+from edge_guard.training.train import TrainResult, train
+from edge_guard.training.transforms import jpeg_augment_transform, mixed_transform
+from edge_guard.training.vaccinate import VaccinateResult, _transform, ensemble_metrics, majority_vote, vaccinate
 from tests.training.synthetic import make_dataset, write_gtsrb
 
 torch.set_num_threads(1)

@@ -15,9 +15,9 @@ import onnx
 import torch
 
 from edge_guard.errors import BundleError, expected_got
+from edge_guard.spec import DefenseSpec
 from edge_guard.training.export import in_graph, onnx_io, precision
 from edge_guard.training.export.graph_ops import fuse
-from edge_guard.spec import DefenseSpec, Vaccination
 from edge_guard.training.export.measure import agreement, member_tensors, to_input
 from edge_guard.training.run import Run
 

@@ -30,13 +30,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from edge_guard.bundle import Manifest, load_bundle
 from edge_guard.errors import BundleError, ConfigError, expected_got
-from edge_guard.training.export import in_graph, measure, onnx_io, precision
-from edge_guard.training.export.build import (MemberGraphs, convert_members, export_members, fuse_checked,
-                                              in_graph_member)
-from edge_guard.training.run import DEFAULT_LIMIT, EvalData, Run
 from edge_guard.spec import DefenseKind, DefenseSpec, Vaccination, VoteRule
-from edge_guard.training.run import Run
+from edge_guard.training.export import in_graph, measure, onnx_io, precision
+from edge_guard.training.export.build import (
+    MemberGraphs,
+    convert_members,
+    export_members,
+    fuse_checked,
+    in_graph_member,
+)
 from edge_guard.training.export.writer import command_line, rewrite_metrics, write_bundle
+from edge_guard.training.run import DEFAULT_LIMIT, EvalData, Run
 
 DEFENSES = ("per-member", "slq", "none")  # --defense: how the manifest's DefenseSpec is chosen
 

@@ -17,12 +17,11 @@ from typing import Any
 import msgspec
 import onnx
 
-from edge_guard.bundle import (FORMAT_VERSION, BundleMember, FusedSpec, Manifest, Provenance, sha256_file,
-                               write_manifest)
+from edge_guard.bundle import FORMAT_VERSION, BundleMember, FusedSpec, Manifest, Provenance, sha256_file, write_manifest
 from edge_guard.spec import DefenseSpec, InputSpec, VoteRule
 from edge_guard.training.export.graph_ops import set_metadata
-from edge_guard.training.run import Run
 from edge_guard.training.provenance import versions
+from edge_guard.training.run import Run
 
 FUSED_NAME = "fused"
 
