@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     config = BenchConfig(batches=tuple(int(b) for b in args.batch.split(",")), iterations=args.iterations,
                          warmup=args.warmup, threads=args.threads)
-    report = run_bench(args.bundle, config, compare=args.compare)
+    report = run_bench(args.bundle, config, compare=args.compare).to_dict()
     report["machine"] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
     print(f"{report['bundle']}: {report['members']} members, defense {report['defense']}, "
           f"{report['providers'][0]}, {args.iterations} calls per cell")

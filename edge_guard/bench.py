@@ -1,8 +1,9 @@
 """Per-stage latency of the Guard pipeline on synthetic frames.
 
-    report = run_bench(None, batches=(1, 8, 32), iterations=50)       # None: the shipped default bundle
-    report["results"]["fused"]["8"]["stages"]["total"]["p50"]          # ms per classify call of 8 frames
-    report["ratios"]["fused_over_members"]["8"]                        # fused / per-member sessions, p50 total
+    report = run_bench(None, BenchConfig(batches=(1, 8, 32)))      # None: the shipped default bundle
+    report.results["fused"]["8"]["stages"]["total"]["p50"]         # ms per classify call of 8 frames
+    report.ratios["fused_over_members"]["8"]                       # fused / per-member sessions, p50 total
+    report.to_dict()                                               # what `edgeguard bench --json` writes
 
 Frames are seeded uniform-noise uint8 RGB, size x size; each `classify` call gets one batch and
 records `Prediction.timings_ms` (preprocess, defense, inference, vote, total, in ms). Noise is the
@@ -19,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from edge_guard.errors import ConfigError, expected_got
 from edge_guard.guard import STAGES, Guard
+from edge_guard.progress import progress_bar
 
 _POOL = 4  # distinct synthetic batches per batch size, cycled through the iterations
 
@@ -50,6 +51,57 @@ class BenchConfig:
             raise ConfigError(expected_got("bench batches", "one or more batch sizes >= 1", list(self.batches)))
 
 
+@dataclass(frozen=True)
+class BenchReport:
+    """What run_bench measured. results[variant][str(batch)] = {"stages": {stage: {p50, p90, mean}},
+    "images_per_s"}; ratios: fused_over_members[str(batch)] (p50 total fused / members; only with a fused
+    graph), compare_over_bundle[str(batch)] (p50 total of "compare" / the bundle's first variant; only with
+    compare), defense_share[variant][str(batch)] (mean defense / mean total)."""
+
+    bundle: str
+    path: str
+    config: BenchConfig
+    providers: tuple[str, ...]  # the execution providers that really ran
+    defense: dict[str, Any]
+    members: int
+    input: tuple[int, int]
+    variants: tuple[str, ...]
+    results: dict[str, dict[str, Any]]
+    ratios: dict[str, Any]
+    compare: dict[str, Any] | None = None  # the second bundle: bundle, path, members, against
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {**asdict(self), "providers": list(self.providers), "input": list(self.input),
+                "variants": list(self.variants)}
+
+    def table(self) -> Table:
+        """p50 ms per stage and images/s, one row per variant and batch size."""
+        table = Table(title=f"{self.bundle} on {self.providers[0]}: p50 ms per call (p90 of total; all in --json)")
+        short = {"preprocess": "prep", "inference": "infer"}
+        for column in ("variant", "batch", *(short.get(s, s) for s in STAGES), "p90", "img/s"):
+            table.add_column(column, justify="left" if column == "variant" else "right")
+        for variant, by_batch in self.results.items():
+            for b, r in by_batch.items():
+                cells = [f"{r['stages'][s]['p50']:.2f}" for s in STAGES] + [f"{r['stages']['total']['p90']:.2f}"]
+                table.add_row(variant, b, *cells, f"{r['images_per_s']:.0f}")
+        return table
+
+    def summary(self) -> list[str]:
+        """One line per batch size: the ratios measured in the same run."""
+        lines = []
+        for b in self.results[self.variants[0]]:
+            parts = [f"defense {100 * self.ratios['defense_share'][v][b]:.0f}% of total ({v})" for v in self.variants]
+            if "fused_over_members" in self.ratios:
+                parts.insert(0, f"fused/members total {self.ratios['fused_over_members'][b]:.2f}x")
+            if self.compare:
+                c = self.compare
+                parts.insert(0, f"compare ({c['bundle']}, {c['members']} members) / {self.bundle} {c['against']}: "
+                                f"total p50 {self.ratios['compare_over_bundle'][b]:.2f}x")
+            lines.append(f"batch {b}: " + ", ".join(parts))
+        return lines
+
+
 def stage_stats(timings: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
     """p50, p90 and mean in ms of every stage over a list of `timings_ms` dicts."""
     out = {}
@@ -64,16 +116,12 @@ def _frames(rng: np.random.Generator, batch: int, size: int) -> list[np.ndarray]
 
 
 def run_bench(bundle: str | Path | None = None, config: BenchConfig = BenchConfig(), *,
-              compare: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+              compare: str | Path | None = None, progress: bool = True) -> BenchReport:
     """Measure every variant (fused and per-member sessions when a fused graph exists) at every batch size.
 
     compare: a second bundle, measured in its default form (fused graph if it has one) interleaved with
     the others as variant "compare", e.g. a larger model against the shipped one.
-    Returns a JSON-ready dict: bundle, config, providers, variants, results[variant][str(batch)] =
-    {"stages": {stage: {p50, p90, mean}}, "images_per_s"}, and ratios: fused_over_members[str(batch)]
-    (p50 total fused / p50 total members; only with a fused graph), compare_over_bundle[str(batch)]
-    (p50 total of "compare" / p50 total of the bundle's first variant; only with compare) and
-    defense_share[variant][str(batch)] (mean defense / mean total).
+    Returns a BenchReport.
     """
     config.check()
     opts = dict(providers=list(config.providers), threads=config.threads, seed=config.seed)
@@ -85,8 +133,7 @@ def run_bench(bundle: str | Path | None = None, config: BenchConfig = BenchConfi
     rng = np.random.default_rng(config.seed)
     results: dict[str, dict[str, Any]] = {name: {} for name in guards}
     steps = len(config.batches) * len(guards) * (config.warmup + config.iterations)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not progress) as bar:
+    with progress_bar(enabled=progress, transient=True) as bar:
         task = bar.add_task("bench", total=steps)
         for batch in config.batches:
             pool = _frames(rng, batch, config.size)
@@ -115,18 +162,12 @@ def run_bench(bundle: str | Path | None = None, config: BenchConfig = BenchConfi
     if "compare" in guards:
         ratios["compare_over_bundle"] = p50_ratio("compare", first_name)
     d = first.bundle.defense
-    return {
-        "bundle": first.bundle.name,
-        "path": str(first.bundle.root),
-        "config": asdict(config),
-        "providers": list(first.engine.active_providers),
-        "defense": {"kind": d.kind, "per_member": d.per_member, "in_graph": d.in_graph, "backend": first.backend},
-        "members": len(first.bundle.members),
-        "input": [first.bundle.input.height, first.bundle.input.width],
-        "variants": list(guards),
-        "results": results,
-        "ratios": ratios,
-        "compare": None if "compare" not in guards else {
+    return BenchReport(
+        bundle=first.bundle.name, path=str(first.bundle.root), config=config,
+        providers=tuple(first.engine.active_providers),
+        defense={"kind": str(d.kind), "per_member": d.per_member, "in_graph": d.in_graph, "backend": first.backend},
+        members=len(first.bundle.members), input=(first.bundle.input.height, first.bundle.input.width),
+        variants=tuple(guards), results=results, ratios=ratios,
+        compare=None if "compare" not in guards else {
             "bundle": guards["compare"].bundle.name, "path": str(guards["compare"].bundle.root),
-            "members": len(guards["compare"].bundle.members), "against": first_name},
-    }
+            "members": len(guards["compare"].bundle.members), "against": first_name})

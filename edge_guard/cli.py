@@ -10,16 +10,49 @@ import functools
 import json
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import typer
 import typer.core
 
-from edge_guard.errors import EdgeGuardError
+from edge_guard.errors import ConfigError, EdgeGuardError, expected_got
+from edge_guard.spec import BackendChoice, Precision, Subsampling, VoteRule
+from edge_guard.training.choices import BpdaBackward, DefenseChoice, Exporter, RoiMode, Split
+
+try:  # typer >= 0.22 vendors click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer depends on click itself
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
+
+TRAIN_EXTRA = 'pip install torch==2.13.0 && pip install "edge-guard[train]"'
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (an unknown option, a value outside its choices) as one `error:` line and exit code 2,
+    like every other bad input, instead of click's usage box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_exceptions.NoArgsIsHelpError as exc:
+            typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+            sys.exit(0)
+        except click_exceptions.UsageError as exc:
+            where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            typer.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(2)
+        except click_exceptions.ClickException as exc:
+            typer.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     name="edgeguard",
+    cls=_OneLineErrors,
     help="EdgeGuard: traffic-sign classifiers hardened against adversarial images, for edge devices.",
     no_args_is_help=True,
     add_completion=False,
@@ -55,6 +88,20 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _training_half() -> None:
+    """The training commands need torch (the [train] extra): say so in one line when it is missing."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise ConfigError(expected_got("the training half (torch)", "installed", "not installed",
+                                       f"Install the training extra: {TRAIN_EXTRA}")) from None
+
+
+def _print(lines: Iterable[str]) -> None:
+    for line in lines:
+        typer.echo(line)
+
+
 def command_line(ctx: typer.Context) -> str:
     """The running command rebuilt from its parsed parameters (defaults left out), for provenance.
 
@@ -77,8 +124,6 @@ def command_line(ctx: typer.Context) -> str:
 
 def parse_int_list(text: str, what: str) -> list[int]:
     """Parse '20,40,60' into [20, 40, 60]; ConfigError naming `what` otherwise."""
-    from edge_guard.errors import ConfigError, expected_got
-
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -92,7 +137,6 @@ def parse_qualities_or_none(text: str, what: str) -> list[int]:
 
 def parse_low_res(text: str) -> list[tuple[int, int]]:
     """Parse '16:5,24:5' (side px : epochs stages) into [(16, 5), (24, 5)]; '' gives []."""
-    from edge_guard.errors import ConfigError, expected_got
 
     stages = []
     for part in (p.strip() for p in text.split(",")):
@@ -132,21 +176,43 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report 
 @friendly_errors
 def export(
     ctx: typer.Context,
-    run_dir: str = typer.Argument(..., help="Ensemble directory (ensemble.json), run directory (best.pt) or a .pt checkpoint."),
+    run_dir: str = typer.Argument(
+        ...,
+        help="Ensemble directory (ensemble.json), run directory (best.pt) or a .pt checkpoint."),
     out: str = typer.Option(..., "--out", "-o", help="Bundle directory to write, e.g. export/gtsrb-shield."),
-    fused: bool = typer.Option(False, "--fused", help="Also write one graph holding all members (output member_logits [M,N,C])."),
-    in_graph_jpeg: bool = typer.Option(False, "--in-graph-jpeg", help="Put each member's JPEG step (DiffJPEG) inside its graph; not for SLQ members."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8 (variants are checked against fp32)."),
-    data: str | None = typer.Option(None, "--data", help="Dataset folder for validation/calibration images (default: the run's config.json)."),
+    fused: bool = typer.Option(
+        False, "--fused",
+        help="Also write one graph holding all members (output member_logits [M,N,C])."),
+    in_graph_jpeg: bool = typer.Option(
+        False, "--in-graph-jpeg",
+        help="Put each member's JPEG step (DiffJPEG) inside its graph; not for SLQ members."),
+    precision: Precision = typer.Option(
+        Precision.FP32, "--precision",
+        help="Graph precision (variants are checked against fp32)."),
+    data: str | None = typer.Option(
+        None, "--data",
+        help="Dataset folder for validation/calibration images (default: the run's config.json)."),
     limit: int = typer.Option(2000, "--limit", help="Validation images used for the checks and metrics."),
-    force: bool = typer.Option(False, "--force", help="Keep a fp16/int8 bundle even if clean accuracy drops more than --max-accuracy-drop."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing bundle at --out (its other files, e.g. a README, are kept)."),
+    force: bool = typer.Option(
+        False, "--force",
+        help="Keep a fp16/int8 bundle even if clean accuracy drops more than --max-accuracy-drop."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite",
+        help="Replace an existing bundle at --out (its other files, e.g. a README, are kept)."),
     name: str | None = typer.Option(None, "--name", help="Bundle name (default: the --out folder name)."),
     description: str = typer.Option("", "--description", help="Free text stored in the manifest."),
-    vote: str = typer.Option("majority", "--vote", help="majority | soft."),
-    defense: str | None = typer.Option(None, "--defense", help="per-member | slq | none (default: per-member when members are JPEG-vaccinated)."),
-    max_accuracy_drop: float = typer.Option(1.0, "--max-accuracy-drop", help="Largest clean-accuracy drop (percentage points) a variant may have."),
-    exporter: str = typer.Option("auto", "--exporter", help="auto (dynamo, TorchScript fallback) | dynamo | torchscript."),
+    vote: VoteRule = typer.Option(
+        VoteRule.MAJORITY, "--vote",
+        help="How members combine: majority (ties by mean probability) or soft (mean probability)."),
+    defense: DefenseChoice | None = typer.Option(
+        None, "--defense",
+        help="The bundle's defense (default: per-member when members are JPEG-vaccinated, else slq, else none)."),
+    max_accuracy_drop: float = typer.Option(
+        1.0, "--max-accuracy-drop",
+        help="Largest clean-accuracy drop (percentage points) a variant may have."),
+    exporter: Exporter = typer.Option(
+        Exporter.AUTO, "--exporter",
+        help="torch -> ONNX exporter (auto: dynamo, TorchScript fallback)."),
     calibration: int = typer.Option(256, "--calibration", help="Training images used to calibrate int8."),
 ) -> None:
     """Export a vaccinated ensemble (or one checkpoint) to a verified ONNX bundle the runtime loads.
@@ -158,25 +224,31 @@ def export(
     """
     from pathlib import Path
 
+    _training_half()
     from edge_guard.training.export import ExportOptions, export_bundle
 
     result = export_bundle(run_dir, ExportOptions(
         out=Path(out), name=name, description=description, fused=fused, in_graph_jpeg=in_graph_jpeg,
-        precision=precision, data=Path(data) if data else None, limit=limit, force=force, overwrite=overwrite,
-        vote=vote, defense=defense, max_accuracy_drop=max_accuracy_drop, exporter=exporter, calibration=calibration,
+        precision=precision.value, data=Path(data) if data else None, limit=limit, force=force, overwrite=overwrite,
+        vote=vote.value, defense=defense.value if defense else None, max_accuracy_drop=max_accuracy_drop, exporter=exporter.value, calibration=calibration,
         command=command_line(ctx)))
-    for line in result.summary():
-        typer.echo(line)
+    _print(result.summary())
 
 
 @app.command()
 @friendly_errors
 def train(
-    data: str = typer.Option(..., "--data", help="Dataset folder: GTSRB (official or Kaggle), CIFAR-10 python, or class folders."),
-    model: str = typer.Option("compact_cnn", "--model", help="compact_cnn (fast, ~10M multiply-adds) | resnet14 (~27M) | resnet_small (ResNet-20, ~41M)."),
+    data: str = typer.Option(
+        ..., "--data",
+        help="Dataset folder: GTSRB (official or Kaggle), CIFAR-10 python, or class folders."),
+    model: str = typer.Option(
+        "compact_cnn", "--model",
+        help="compact_cnn (fast, ~10M multiply-adds) | resnet14 (~27M) | resnet_small (ResNet-20, ~41M)."),
     epochs: int = typer.Option(15, "--epochs", help="Training epochs."),
     val_every: int = typer.Option(1, "--val-every", help=VAL_EVERY_HELP),
-    out: str = typer.Option("runs/base", "--out", "-o", help="Run folder (best.pt, last.pt, config.json, metrics.json, train.log)."),
+    out: str = typer.Option(
+        "runs/base", "--out", "-o",
+        help="Run folder (best.pt, last.pt, config.json, metrics.json, train.log)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     seed: int = typer.Option(0, "--seed", help="Seed for the split, shuffling, augmentation and init."),
     limit: int | None = typer.Option(None, "--limit", help="Use a seeded random subset of N images (quick runs)."),
@@ -184,37 +256,46 @@ def train(
     lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (one-cycle schedule)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of GTSRB tracks held out for validation."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
-    device: str = typer.Option("auto", "--device", help="Where torch trains: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Small affine + brightness/contrast jitter (no flips)."),
-    jpeg_augment: str = typer.Option("", "--jpeg-augment", help="JPEG qualities, e.g. 40,60,80,90: round-trip training images at one of them (share: --jpeg-p) for a base that reads compressed frames. It weakens the vaccinated ensemble's gray-box defense (see README). Empty: off."),
-    jpeg_p: float = typer.Option(0.5, "--jpeg-p", help="Share of training images JPEG-augmented (with --jpeg-augment)."),
+    device: str = typer.Option(
+        "auto", "--device",
+        help="Where torch trains: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
+    augment: bool = typer.Option(
+        True, "--augment/--no-augment",
+        help="Small affine + brightness/contrast jitter (no flips)."),
+    jpeg_augment: str = typer.Option(
+        "", "--jpeg-augment",
+        help="JPEG qualities, e.g. 40,60,80,90: round-trip training images at one of them (share: --jpeg-p) for a base"
+             " that reads compressed frames. It weakens the vaccinated ensemble's gray-box defense (see README). "
+             "Empty: off."),
+    jpeg_p: float = typer.Option(
+        0.5, "--jpeg-p",
+        help="Share of training images JPEG-augmented (with --jpeg-augment)."),
     eval_qualities: str = typer.Option("10,20,30,40,50,60,70,80,90", "--eval-qualities", help=EVAL_QUALITIES_HELP),
-    low_res: str = typer.Option("", "--low-res", help="Progressive resizing: SIDE:EPOCHS stages trained first on downscaled images, e.g. 16:5,24:5 (then full size; ~0.6x the time of a ResNet-14 base at 15 epochs). Needs a model with global pooling. Empty: off."),
+    low_res: str = typer.Option(
+        "", "--low-res",
+        help="Progressive resizing: SIDE:EPOCHS stages trained first on downscaled images, e.g. 16:5,24:5 (then full "
+             "size; ~0.6x the time of a ResNet-14 base at 15 epochs). Needs a model with global pooling. Empty: off."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping."),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
+    cache_dir: str | None = typer.Option(
+        None, "--cache-dir",
+        help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
 ) -> None:
     """Train a base classifier and measure its accuracy on clean, JPEG-compressed and SLQ validation images.
 
     Example: edgeguard train --data data/gtsrb --model compact_cnn --epochs 15 --out runs/base
     """
+    _training_half()
     from edge_guard.training.config import TrainConfig
-    from edge_guard.training.data import load_dataset
     from edge_guard.training.train import train as train_model
 
     config = TrainConfig(data=data, model=model, epochs=epochs, val_every=val_every, out_dir=out, resume=resume,
                          seed=seed, limit=limit, batch_size=batch_size, lr=lr, val_fraction=val_fraction,
                          num_threads=threads, device=device, augment=augment, skip_bad=skip_bad,
                          jpeg_augment=tuple(parse_int_list(jpeg_augment, "--jpeg-augment")),
-                         jpeg_p=jpeg_p, eval_qualities=tuple(parse_qualities_or_none(eval_qualities, "--eval-qualities")),
+                         jpeg_p=jpeg_p,
+                         eval_qualities=tuple(parse_qualities_or_none(eval_qualities, "--eval-qualities")),
                          low_res=tuple(parse_low_res(low_res)))
-    dataset = load_dataset(data, "train", config.size, skip_bad=skip_bad, limit=limit, seed=seed, cache_dir=cache_dir)
-    typer.echo(dataset.report.summary())
-    result = train_model(config, dataset, echo=typer.echo)
-    m = result.metrics
-    parts = [f"{100 * m['clean']:.2f}% clean", *(f"q{q} {100 * a:.1f}%" for q, a in m["jpeg"].items()),
-             f"SLQ {100 * m['slq']:.2f}%"]
-    typer.echo("val accuracy " + ", ".join(parts))
-    typer.echo(f"wrote {result.best_checkpoint}, {result.out_dir / 'metrics.json'}")
+    _print(train_model(config, cache_dir=cache_dir, echo=typer.echo).summary())
 
 
 @app.command()
@@ -225,24 +306,45 @@ def vaccinate(
     slq: bool = typer.Option(True, "--slq/--no-slq", help="Also train a member on SLQ (random per-block quality)."),
     data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the base run's)."),
     epochs: int = typer.Option(3, "--epochs", help="Fine-tuning epochs per member."),
-    shared_epochs: int = typer.Option(0, "--shared-epochs", help="Train the first N of --epochs once for all members, on images compressed like a random member's, then each member alone: (members - 1) x N epochs less work, but members that fall to the same adaptive attacks (README). 0: every member trains alone."),
+    shared_epochs: int = typer.Option(
+        0, "--shared-epochs",
+        help="Train the first N of --epochs once for all members, on images compressed like a random member's, then "
+             "each member alone: (members - 1) x N epochs less work, but members that fall to the same adaptive "
+             "attacks (README). 0: every member trains alone."),
     val_every: int = typer.Option(1, "--val-every", help=VAL_EVERY_HELP),
-    out: str = typer.Option("runs/ensemble", "--out", "-o", help="Ensemble folder (ensemble.json, one run folder per member)."),
-    lr: float = typer.Option(3e-3, "--lr", help="Peak fine-tuning learning rate (cosine decay); higher moves members further from the base."),
+    out: str = typer.Option(
+        "runs/ensemble", "--out", "-o",
+        help="Ensemble folder (ensemble.json, one run folder per member)."),
+    lr: float = typer.Option(
+        3e-3, "--lr",
+        help="Peak fine-tuning learning rate (cosine decay); higher moves members further from the base."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
-    device: str = typer.Option("auto", "--device", help="Where torch trains: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
-    subsampling: str = typer.Option("420", "--subsampling", help="JPEG chroma subsampling, as at runtime: 420 | 422 | 444."),
-    backend: str = typer.Option("auto", "--backend", help="JPEG backend, as at runtime: auto | turbojpeg | opencv."),
-    adversarial_eps: int = typer.Option(0, "--adversarial-eps", help="Also train on FGSM images (random start) made against each member through its JPEG, budget in 1/255 units; 0: off."),
-    adversarial_fraction: float = typer.Option(0.5, "--adversarial-fraction", help="Share of each batch made adversarial (with --adversarial-eps)."),
-    eval_qualities: str | None = typer.Option(None, "--eval-qualities", help=EVAL_QUALITIES_HELP + " Default: the base run's."),
+    device: str = typer.Option(
+        "auto", "--device",
+        help="Where torch trains: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
+    subsampling: Subsampling = typer.Option(
+        Subsampling.S420, "--subsampling",
+        help="JPEG chroma subsampling, as at runtime."),
+    backend: BackendChoice = typer.Option(BackendChoice.AUTO, "--backend", help="JPEG backend, as at runtime."),
+    adversarial_eps: int = typer.Option(
+        0, "--adversarial-eps",
+        help="Also train on FGSM images (random start) made against each member through its JPEG, budget in 1/255 "
+             "units; 0: off."),
+    adversarial_fraction: float = typer.Option(
+        0.5, "--adversarial-fraction",
+        help="Share of each batch made adversarial (with --adversarial-eps)."),
+    eval_qualities: str | None = typer.Option(
+        None, "--eval-qualities", help=EVAL_QUALITIES_HELP + " Default: the base run's."),
     resume: bool = typer.Option(False, "--resume", help="Continue interrupted member runs from their last.pt."),
-    cache_dir: str | None = typer.Option(None, "--cache-dir", help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
+    cache_dir: str | None = typer.Option(
+        None, "--cache-dir",
+        help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
 ) -> None:
     """Fine-tune JPEG-vaccinated members (one per quality, plus SLQ) from a base checkpoint; report the ensemble.
 
     Example: edgeguard vaccinate --base runs/base/best.pt --qualities 20,40,60,80 --data data/gtsrb --epochs 3 --out runs/ensemble
     """
+    _training_half()
     from edge_guard.training.adversarial import AdversarialConfig
     from edge_guard.training.vaccinate import vaccinate as vaccinate_members
 
@@ -253,42 +355,59 @@ def vaccinate(
     result = vaccinate_members(
         base, data=data, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
         epochs=epochs, shared_epochs=shared_epochs, val_every=val_every, lr=lr, adversarial=adversarial,
-        num_threads=threads, device=device, subsampling=subsampling, backend=backend, out_dir=out, resume=resume,
+        num_threads=threads, device=device, subsampling=subsampling.value, backend=backend.value, out_dir=out, resume=resume,
         cache_dir=cache_dir, echo=typer.echo, eval_qualities=measured_at)
-    m = result.metrics
-    for name, member in m["members"].items():
-        typer.echo(f"  {name:>4}: {100 * member['val_accuracy']:.2f}% on {member['preprocessing']}")
-    typer.echo(f"ensemble majority vote: {100 * m['ensemble']['per_member']:.2f}% (per-member JPEG), "
-               f"{100 * m['ensemble']['slq']:.2f}% (SLQ)")
-    typer.echo(f"wrote {result.ensemble_json}, {result.out_dir / 'metrics.json'}")
+    _print(result.summary())
 
 
 @app.command()
 @friendly_errors
 def evaluate(
-    models: str = typer.Option(..., "--models", help="Ensemble folder from edgeguard vaccinate (ensemble.json with base and members)."),
+    models: str = typer.Option(
+        ..., "--models",
+        help="Ensemble folder from edgeguard vaccinate (ensemble.json with base and members)."),
     data: str | None = typer.Option(None, "--data", help="Dataset folder (default: the run's)."),
-    split: str = typer.Option("val", "--split", help="val: the run's held-out validation tracks | test: the dataset's official test set."),
-    roi: str = typer.Option("auto", "--roi", help="Crop images to their annotated ROI: auto (unless already the model's size) | crop | none."),
-    attacks: str = typer.Option("fgsm,pgd,deepfool,cw", "--attacks", help="Gray-box attacks: fgsm, pgd, deepfool, cw; none: clean accuracy only."),
+    split: Split = typer.Option(
+        Split.VAL, "--split",
+        help="val: the run's held-out validation tracks; test: the dataset's official test set."),
+    roi: RoiMode = typer.Option(
+        RoiMode.AUTO, "--roi",
+        help="Crop images to their annotated ROI (auto: unless already the model's size)."),
+    attacks: str = typer.Option(
+        "fgsm,pgd,deepfool,cw", "--attacks",
+        help="Gray-box attacks: fgsm, pgd, deepfool, cw; none: clean accuracy only."),
     eps: str = typer.Option("2,4,8", "--eps", help="FGSM/PGD budgets in 1/255 units (DeepFool/CW have none)."),
-    qualities: str = typer.Option("10,20,30,40,50,60,70,80,90,100", "--qualities", help="JPEG qualities for base+JPEG."),
+    qualities: str = typer.Option(
+        "10,20,30,40,50,60,70,80,90,100", "--qualities",
+        help="JPEG qualities for base+JPEG."),
     limit: int = typer.Option(500, "--limit", help="Evaluation images (seeded random subset of the split)."),
-    out: str = typer.Option("runs/evaluation", "--out", "-o", help="Report folder (results.json/.csv, report.md, plots)."),
-    adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="Also attack every defended system end to end (BPDA, EOT)."),
+    out: str = typer.Option(
+        "runs/evaluation", "--out", "-o",
+        help="Report folder (results.json/.csv, report.md, plots)."),
+    adaptive: bool = typer.Option(
+        True, "--adaptive/--no-adaptive",
+        help="Also attack every defended system end to end (BPDA, EOT)."),
     adaptive_attacks: str = typer.Option("fgsm,pgd", "--adaptive-attacks", help="Attacks run adaptively."),
-    adaptive_qualities: str | None = typer.Option(None, "--adaptive-qualities", help="base+JPEG qualities attacked adaptively and shown in the tables (default: the members')."),
-    adaptive_limit: int | None = typer.Option(None, "--adaptive-limit", help="Adaptive attacks on the first N evaluation images (default: all)."),
+    adaptive_qualities: str | None = typer.Option(
+        None, "--adaptive-qualities",
+        help="base+JPEG qualities attacked adaptively and shown in the tables (default: the members')."),
+    adaptive_limit: int | None = typer.Option(
+        None, "--adaptive-limit",
+        help="Adaptive attacks on the first N evaluation images (default: all)."),
     eot_samples: int = typer.Option(8, "--eot-samples", help="SLQ draws averaged per gradient (EOT)."),
-    bpda_backward: str = typer.Option("diffjpeg", "--bpda-backward", help="BPDA backward pass: diffjpeg | identity."),
+    bpda_backward: BpdaBackward = typer.Option(
+        BpdaBackward.DIFFJPEG, "--bpda-backward",
+        help="BPDA backward pass through the JPEG step."),
     pgd_steps: int = typer.Option(10, "--pgd-steps", help="PGD iterations (step 2.5 eps / steps)."),
     cw_steps: int = typer.Option(100, "--cw-steps", help="CW Adam steps per binary-search step."),
     cw_search_steps: int = typer.Option(5, "--cw-search-steps", help="CW binary-search steps over c."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per attack batch."),
     seed: int = typer.Option(0, "--seed", help="Seed for PGD starts and SLQ draws."),
     threads: int = typer.Option(2, "--threads", help="CPU threads for torch (0: torch default)."),
-    device: str = typer.Option("auto", "--device", help="Where models and attacks run: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
-    backend: str = typer.Option("auto", "--backend", help="JPEG backend of the defense: auto | turbojpeg | opencv."),
+    device: str = typer.Option(
+        "auto", "--device",
+        help="Where models and attacks run: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
+    backend: BackendChoice = typer.Option(BackendChoice.AUTO, "--backend", help="JPEG backend of the defense."),
     resume: bool = typer.Option(False, "--resume", help="Continue an evaluation in --out, skipping finished cells."),
 ) -> None:
     """Attack the base, base+JPEG, the vaccinated ensemble and the SLQ ensemble, gray-box and adaptive; write a report.
@@ -297,6 +416,7 @@ def evaluate(
 
     Accuracy on the official test set: edgeguard evaluate --models runs/shield --data data/GTSRB --split test --roi none --attacks none --no-adaptive --limit 20000
     """
+    _training_half()
     from edge_guard.training.evaluate import EvalConfig
     from edge_guard.training.evaluate import evaluate as run_evaluation
 
@@ -304,35 +424,38 @@ def evaluate(
         return tuple(part.strip().lower() for part in text.split(",") if part.strip() and part.strip() != "none")
 
     config = EvalConfig(
-        attacks=names(attacks), split=split, roi=roi, eps=tuple(parse_int_list(eps, "--eps")),
+        attacks=names(attacks), split=split.value, roi=roi.value, eps=tuple(parse_int_list(eps, "--eps")),
         qualities=tuple(parse_int_list(qualities, "--qualities")), limit=limit, adaptive=adaptive,
         adaptive_attacks=names(adaptive_attacks),
-        adaptive_qualities=tuple(parse_int_list(adaptive_qualities, "--adaptive-qualities")) if adaptive_qualities else None,
-        adaptive_limit=adaptive_limit, eot_samples=eot_samples, bpda_backward=bpda_backward, pgd_steps=pgd_steps,
-        cw_steps=cw_steps, cw_search_steps=cw_search_steps, batch_size=batch_size, seed=seed, threads=threads, device=device,
-        backend=backend)
-    result = run_evaluation(models, out, config, data=data, resume=resume, echo=typer.echo)
-    clean = {c["system"]: c for c in result.results["cells"] if c["threat"] == "clean"}
-    typer.echo(f"clean accuracy on {result.results['data']['n']} {config.split} images: " + ", ".join(
-        f"{name} {100 * clean[name]['accuracy']:.2f}%" for name in ("base", "ensemble", "slq_ensemble") if name in clean))
-    for name, t in result.results["target"].items():
-        if isinstance(t, dict) and t.get("measured"):
-            typer.echo(f"gray-box {name}: ensemble {100 * t['ensemble_success']:.1f}% vs base "
-                       f"{100 * t['base_success']:.1f}% misclassification success ({'holds' if t['holds'] else 'misses'} the 1/3 target)")
-    typer.echo(f"wrote {result.out_dir / 'report.md'} ({len(result.results['cells'])} cells, {result.results['elapsed_s']:.0f} s)")
+        adaptive_qualities=(tuple(parse_int_list(adaptive_qualities, "--adaptive-qualities"))
+                            if adaptive_qualities else None),
+        adaptive_limit=adaptive_limit, eot_samples=eot_samples, bpda_backward=bpda_backward.value, pgd_steps=pgd_steps,
+        cw_steps=cw_steps, cw_search_steps=cw_search_steps, batch_size=batch_size, seed=seed, threads=threads,
+        device=device,
+        backend=backend.value)
+    _print(run_evaluation(models, out, config, data=data, resume=resume, echo=typer.echo).summary())
 
 
 @app.command()
 @friendly_errors
 def infer(
     paths: list[str] = typer.Argument(..., help="Image files (jpg, jpeg, png, ppm, bmp, webp) or folders of them."),
-    bundle: str | None = typer.Option(None, "--bundle", help="Bundle directory (default: the shipped export/gtsrb-shield)."),
-    roi: list[str] = typer.Option([], "--roi", help="Box x1,y1,x2,y2 in pixels (x2, y2 exclusive) classified in every image; repeatable. Default: the whole image."),
+    bundle: str | None = typer.Option(
+        None, "--bundle",
+        help="Bundle directory (default: the shipped export/gtsrb-shield)."),
+    roi: list[str] = typer.Option(
+        [], "--roi",
+        help="Box x1,y1,x2,y2 in pixels (x2, y2 exclusive) classified in every image; repeatable. Default: the whole "
+             "image."),
     providers: str = typer.Option("cpu", "--providers", help="Ordered execution providers, e.g. tensorrt,cuda,cpu."),
-    threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
+    threads: int | None = typer.Option(
+        None, "--threads",
+        help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for SLQ's random block choice."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also read images in subfolders."),
-    output: str | None = typer.Option(None, "--output", "-o", help="Write the JSON lines to this file instead of stdout."),
+    output: str | None = typer.Option(
+        None, "--output", "-o",
+        help="Write the JSON lines to this file instead of stdout."),
 ) -> None:
     """Classify images (whole, or each --roi box) and print one JSON line per prediction.
 
@@ -365,15 +488,21 @@ def infer(
 @app.command()
 @friendly_errors
 def bench(
-    bundle: str | None = typer.Option(None, "--bundle", help="Bundle directory (default: the shipped export/gtsrb-shield)."),
+    bundle: str | None = typer.Option(
+        None, "--bundle",
+        help="Bundle directory (default: the shipped export/gtsrb-shield)."),
     batch: str = typer.Option("1,8,32", "--batch", help="Comma-separated batch sizes (images per classify call)."),
     iterations: int = typer.Option(50, "--iterations", help="Timed calls per batch size and variant."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed calls before them."),
     providers: str = typer.Option("cpu", "--providers", help="Ordered execution providers, e.g. tensorrt,cuda,cpu."),
-    threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
+    threads: int | None = typer.Option(
+        None, "--threads",
+        help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
     size: int = typer.Option(64, "--size", help="Side in pixels of the synthetic frames (resized to the model input)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the synthetic frames and SLQ."),
-    compare: str | None = typer.Option(None, "--compare", help="A second bundle, timed interleaved with the first (ratio printed)."),
+    compare: str | None = typer.Option(
+        None, "--compare",
+        help="A second bundle, timed interleaved with the first (ratio printed)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the full report to this JSON file."),
 ) -> None:
     """Measure per-stage latency (p50/p90 ms) and images/s of the pipeline; fused graph vs per-member sessions.
@@ -383,38 +512,19 @@ def bench(
     from pathlib import Path
 
     from rich.console import Console
-    from rich.table import Table
 
     from edge_guard.bench import BenchConfig, run_bench
-    from edge_guard.guard import STAGES
 
     config = BenchConfig(batches=tuple(parse_int_list(batch, "--batch")), iterations=iterations, warmup=warmup,
                          size=size, providers=tuple(p for p in providers.split(",") if p.strip()), threads=threads,
                          seed=seed)
     report = run_bench(bundle, config, compare=compare)
-    table = Table(title=f"{report['bundle']} on {report['providers'][0]}: p50 ms per call (p90 of total; all in --json)")
-    short = {"preprocess": "prep", "inference": "infer"}
-    for column in ("variant", "batch", *(short.get(s, s) for s in STAGES), "p90", "img/s"):
-        table.add_column(column, justify="left" if column == "variant" else "right")
-    for variant, by_batch in report["results"].items():
-        for b, r in by_batch.items():
-            cells = [f"{r['stages'][s]['p50']:.2f}" for s in STAGES] + [f"{r['stages']['total']['p90']:.2f}"]
-            table.add_row(variant, b, *cells, f"{r['images_per_s']:.0f}")
     console = Console()
-    console.print(table)
-    ratios = report["ratios"]
-    for b in report["results"][report["variants"][0]]:
-        parts = [f"defense {100 * ratios['defense_share'][v][b]:.0f}% of total ({v})" for v in report["variants"]]
-        if "fused_over_members" in ratios:
-            parts.insert(0, f"fused/members total {ratios['fused_over_members'][b]:.2f}x")
-        if report["compare"]:
-            c = report["compare"]
-            parts.insert(0, f"compare ({c['bundle']}, {c['members']} members) / {report['bundle']} {c['against']}: "
-                            f"total p50 {ratios['compare_over_bundle'][b]:.2f}x")
-        console.print(f"batch {b}: " + ", ".join(parts))
+    console.print(report.table())
+    _print(report.summary())
     if json_out:
-        Path(json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        console.print(f"wrote {json_out}")
+        Path(json_out).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {json_out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -71,6 +71,22 @@ class CodecBackend(Vocabulary):
     OPENCV = "opencv"
 
 
+class BackendChoice(Vocabulary):
+    """A requested JPEG backend: "auto" takes turbojpeg when libturbojpeg loads, else opencv."""
+
+    AUTO = "auto"
+    TURBOJPEG = "turbojpeg"
+    OPENCV = "opencv"
+
+
+class Precision(Vocabulary):
+    """Numeric precision of a bundle's graphs."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"  # converted graph; the gain is on GPU providers
+    INT8 = "int8"  # static QDQ quantization, calibrated on training images
+
+
 DEFAULT_SLQ_QUALITIES = (20, 40, 60, 80)  # SHIELD's quality set
 
 # Constrained scalar types; `description` is the "expected ..." phrase of a validation error.

@@ -43,37 +43,37 @@ def _check_stats(result, batch):
 
 def test_bench_measures_fused_and_members_at_every_batch(bundles):
     report = run_bench(bundles["fused"], CONFIG, progress=False)
-    assert report["variants"] == ["fused", "members"]
-    assert report["providers"][0] == "CPUExecutionProvider" and report["members"] == 3
+    assert report.variants == ("fused", "members")
+    assert report.providers[0] == "CPUExecutionProvider" and report.members == 3
     for variant in ("fused", "members"):
-        assert list(report["results"][variant]) == ["1", "4"]
+        assert list(report.results[variant]) == ["1", "4"]
         for b in ("1", "4"):
-            _check_stats(report["results"][variant][b], int(b))
-            share = report["ratios"]["defense_share"][variant][b]
+            _check_stats(report.results[variant][b], int(b))
+            share = report.ratios["defense_share"][variant][b]
             assert 0 < share < 1  # JPEG at q20 and q80 plus SLQ costs something, never more than the whole call
     for b in ("1", "4"):
-        fused, members = (report["results"][v][b]["stages"]["total"]["p50"] for v in ("fused", "members"))
-        assert report["ratios"]["fused_over_members"][b] == pytest.approx(fused / members)
-    json.dumps(report)  # JSON-ready
+        fused, members = (report.results[v][b]["stages"]["total"]["p50"] for v in ("fused", "members"))
+        assert report.ratios["fused_over_members"][b] == pytest.approx(fused / members)
+    json.dumps(report.to_dict())  # JSON-ready
 
 
 def test_bench_without_fused_graph_measures_members_only(bundles):
     report = run_bench(bundles["plain"], BenchConfig(batches=(2,), iterations=3, warmup=0, size=8), progress=False)
-    assert report["variants"] == ["members"] and "fused_over_members" not in report["ratios"]
-    _check_stats(report["results"]["members"]["2"], 2)
-    assert report["defense"]["kind"] == "none"
+    assert report.variants == ("members",) and "fused_over_members" not in report.ratios
+    _check_stats(report.results["members"]["2"], 2)
+    assert report.defense["kind"] == "none"
 
 
 def test_bench_compares_a_second_bundle_interleaved(bundles):
     report = run_bench(bundles["fused"], CONFIG, compare=bundles["plain"], progress=False)
     alone = run_bench(bundles["plain"], CONFIG, progress=False)
-    assert report["variants"] == ["fused", "members", "compare"]
-    assert report["compare"]["path"] == str(bundles["plain"]) and report["compare"]["against"] == "fused"
-    assert report["compare"]["members"] == alone["members"] and alone["compare"] is None
+    assert report.variants == ("fused", "members", "compare")
+    assert report.compare["path"] == str(bundles["plain"]) and report.compare["against"] == "fused"
+    assert report.compare["members"] == alone.members and alone.compare is None
     for b in ("1", "4"):
-        _check_stats(report["results"]["compare"][b], int(b))
-        ours, theirs = (report["results"][v][b]["stages"]["total"]["p50"] for v in ("fused", "compare"))
-        assert report["ratios"]["compare_over_bundle"][b] == pytest.approx(theirs / ours)
+        _check_stats(report.results["compare"][b], int(b))
+        ours, theirs = (report.results[v][b]["stages"]["total"]["p50"] for v in ("fused", "compare"))
+        assert report.ratios["compare_over_bundle"][b] == pytest.approx(theirs / ours)
 
 
 def test_stage_stats_percentiles():

@@ -42,7 +42,7 @@ def make_vaccination(kind: str, quality: int | None, qualities: list[int] | None
     if kind not in VACCINATION_KINDS:
         raise ConfigError(expected_got("vaccination kind", VACCINATION_KINDS, repr(kind)))
     return {"kind": str(kind), "quality": quality, "qualities": list(qualities) if qualities is not None else None,
-            "subsampling": subsampling, "backend": str(codec.get("backend", "")),
+            "subsampling": str(subsampling), "backend": str(codec.get("backend", "")),
             "codec_version": str(codec.get("version", "")), "adversarial": adversarial}
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_guard.errors import ConfigError, DataError, expected_got
+from edge_guard.training.choices import RoiMode
 from edge_guard.training.layouts import (
     GTSRB_CLASS_NAMES,
     SUPPORTED_LAYOUTS,
@@ -132,8 +133,8 @@ def load_dataset(
     root = Path(path).expanduser()
     if split not in ("train", "test"):
         raise ConfigError(expected_got("split", '"train" or "test"', repr(split)))
-    if roi not in ("auto", "crop", "none"):
-        raise ConfigError(expected_got("roi", '"auto", "crop" or "none"', repr(roi)))
+    if roi not in RoiMode.values():
+        raise ConfigError(expected_got("roi", " or ".join(repr(r) for r in RoiMode.values()), repr(roi)))
     if limit is not None and limit < 1:
         raise ConfigError(expected_got("limit", "a positive number of images", limit))
     hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))

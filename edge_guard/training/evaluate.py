@@ -31,8 +31,7 @@ import dataclasses
 import json
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 
 from edge_guard import jpeg
 from edge_guard.errors import ConfigError, expected_got
+from edge_guard.progress import progress_bar
 from edge_guard.training.attacks import (
     EOT,
     DefendedModel,
@@ -56,6 +56,7 @@ from edge_guard.training.attacks import (
     predict,
     slq_defended,
 )
+from edge_guard.training.choices import BpdaBackward, RoiMode
 from edge_guard.training.device import DEVICE_NAMES, is_device_name, resolve_device
 from edge_guard.training.provenance import versions
 from edge_guard.training.report import cell_key, robustness_target, write_report
@@ -113,11 +114,11 @@ class EvalConfig:
                 raise ConfigError(expected_got(what, "a positive integer", repr(value)))
         if self.split not in SPLITS:
             raise ConfigError(expected_got("--split", " or ".join(SPLITS), repr(self.split)))
-        if self.roi not in ("auto", "crop", "none"):
+        if self.roi not in RoiMode.values():
             raise ConfigError(expected_got("--roi", "auto, crop or none", repr(self.roi)))
         if not is_device_name(self.device):
             raise ConfigError(expected_got("--device", DEVICE_NAMES, repr(self.device)))
-        if self.bpda_backward not in ("identity", "diffjpeg"):
+        if self.bpda_backward not in BpdaBackward.values():
             raise ConfigError(expected_got("--bpda-backward", "'identity' or 'diffjpeg'", repr(self.bpda_backward)))
         jpeg.resolve_backend(self.backend)  # CodecError if unavailable
 
@@ -134,9 +135,26 @@ class System:
 
 @dataclass(frozen=True)
 class EvalResult:
+    """The report folder, the results (results.json's contents) and the files written."""
+
     out_dir: Path
     results: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
+
+    def summary(self) -> list[str]:
+        """What `edgeguard evaluate` prints: clean accuracies, the gray-box targets, the report written."""
+        r = self.results
+        clean = {c["system"]: c for c in r["cells"] if c["threat"] == "clean"}
+        lines = [f"clean accuracy on {r['data']['n']} {r['config']['split']} images: " + ", ".join(
+            f"{name} {100 * clean[name]['accuracy']:.2f}%" for name in ("base", "ensemble", "slq_ensemble")
+            if name in clean)]
+        for name, t in r["target"].items():
+            if isinstance(t, dict) and t.get("measured"):
+                lines.append(f"gray-box {name}: ensemble {100 * t['ensemble_success']:.1f}% vs base "
+                             f"{100 * t['base_success']:.1f}% misclassification success "
+                             f"({'holds' if t['holds'] else 'misses'} the 1/3 target)")
+        lines.append(f"wrote {self.out_dir / 'report.md'} ({len(r['cells'])} cells, {r['elapsed_s']:.0f} s)")
+        return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +189,7 @@ def evaluate(models: str | Path | Run, out_dir: str | Path, config: EvalConfig =
     jobs = plan_jobs(config, systems, adaptive_systems(systems, config, run))
     pending = [job for job in jobs if not all(store.done(key) for key in job.keys)]
     say(f"evaluating {len(systems)} systems on {len(y)} images: {len(pending)} of {len(jobs)} attack jobs to run")
-    with _progress(progress) as bar:
+    with progress_bar(enabled=progress, label="{task.description:<40}") as bar:
         task = bar.add_task("clean accuracy", total=sum(job.batches(ctx) for job in pending) + len(systems))
         for s in systems:
             ctx.clean_cell(s)
@@ -450,34 +468,6 @@ def plan_jobs(config: EvalConfig, systems: Sequence[System], adaptive: Sequence[
     if config.adaptive:
         jobs += [Job("adaptive", a, e, (s,)) for a in config.adaptive_attacks for e in levels(a) for s in adaptive]
     return jobs
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Any]:
-    """A rich progress bar, or a do-nothing stand-in."""
-    if not enabled:
-        class _Null:
-            def add_task(self, *a: Any, **k: Any) -> int:
-                return 0
-
-            def advance(self, *a: Any, **k: Any) -> None: ...
-
-            def update(self, *a: Any, **k: Any) -> None: ...
-
-        yield _Null()
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn()) as bar:
-        yield bar
 
 
 # ---------------------------------------------------------------------------------------------

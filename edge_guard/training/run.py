@@ -43,13 +43,14 @@ from edge_guard.spec import (
     Vaccination,
     member_spec,
 )
+from edge_guard.training.choices import Split
 from edge_guard.training.config import TrainConfig
 
 ENSEMBLE_FILE = "ensemble.json"
 CHECKPOINT_FILE = "best.pt"
 CONFIG_FILE = "config.json"
 DEFAULT_LIMIT = 2000
-SPLITS = ("val", "test")
+SPLITS = Split.values()
 
 
 # ----------------------------------------------------------------------------- ensemble.json schema

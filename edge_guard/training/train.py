@@ -25,12 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from edge_guard import jpeg
 from edge_guard.errors import ConfigError, expected_got
+from edge_guard.progress import progress_bar
 from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, read_checkpoint, save_checkpoint
 from edge_guard.training.config import TrainConfig
 from edge_guard.training.data import Dataset, load_dataset, split_by_track
@@ -51,6 +50,13 @@ class TrainResult:
     # the best weights' logits float32 (N, C) on the validation views they were measured on
     val_logits: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
+    def summary(self) -> list[str]:
+        """What `edgeguard train` prints: validation accuracy clean, per JPEG quality and under SLQ; files."""
+        m = self.metrics
+        parts = [f"{100 * m['clean']:.2f}% clean", *(f"q{q} {100 * a:.1f}%" for q, a in m["jpeg"].items()),
+                 f"SLQ {100 * m['slq']:.2f}%"]
+        return ["val accuracy " + ", ".join(parts), f"wrote {self.best_checkpoint}, {self.out_dir / 'metrics.json'}"]
+
 
 class RunLog:
     """Appends timestamped lines to <run>/train.log and optionally echoes them to a console."""
@@ -70,20 +76,23 @@ class RunLog:
 # base training
 
 
-def train(config: TrainConfig, dataset: Dataset | None = None, *, progress: bool = True,
-          echo: Callable[[str], None] | None = None,
+def train(config: TrainConfig, dataset: Dataset | None = None, *, cache_dir: str | Path | None = None,
+          progress: bool = True, echo: Callable[[str], None] | None = None,
           on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
     """Train a base model (no vaccination): load + split the data, fit, measure JPEG/SLQ robustness.
 
-    dataset: an already loaded Dataset (then config.data is only recorded). Returns a TrainResult;
-    see the module docstring for the files written to config.out_dir.
+    dataset: an already loaded Dataset (then config.data is only recorded); else config.data is loaded
+    (decoded arrays cached in cache_dir, default ~/.cache/edgeguard). Returns a TrainResult; see the
+    module docstring for the files written to config.out_dir.
     """
     set_threads(config.num_threads)
     if dataset is None:
         if not config.data:
             raise ConfigError(expected_got("data", "a dataset folder (--data PATH)", "nothing"))
         dataset = load_dataset(config.data, "train", config.size, skip_bad=config.skip_bad, limit=config.limit,
-                               seed=config.seed)
+                               seed=config.seed, cache_dir=cache_dir)
+        if echo is not None:
+            echo(dataset.report.summary())
     train_set, val_set = split_by_track(dataset, config.val_fraction, config.seed)
     mean, std = channel_stats(train_set.images)
     model_kwargs = {"mean": mean, "std": std, **config.model_kwargs}
@@ -271,11 +280,8 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    columns = (TextColumn(_epoch_label(config, epoch)), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
-    console = Console()
-    with Progress(*columns, console=console, disable=not (progress and console.is_terminal), transient=True) as bar:
-        task = bar.add_task("train", total=steps, loss=float("nan"))
+    with progress_bar(enabled=progress, transient=True, fields=("loss {task.fields[loss]:.3f}",)) as bar:
+        task = bar.add_task(_epoch_label(config, epoch), total=steps, loss=float("nan"))
         for step in range(steps):
             idx = np.sort(order[step * config.batch_size:(step + 1) * config.batch_size])
             x = make_batch(data.images[idx], config, aug if config.augment else None, gen, transform, rng, side)

@@ -61,6 +61,15 @@ class VaccinateResult:
     members: dict[str, TrainResult]
     metrics: dict[str, Any]
 
+    def summary(self) -> list[str]:
+        """What `edgeguard vaccinate` prints: each member on its own preprocessing, the vote, the files."""
+        m = self.metrics
+        lines = [f"  {name:>4}: {100 * member['val_accuracy']:.2f}% on {member['preprocessing']}"
+                 for name, member in m["members"].items()]
+        lines.append(f"ensemble majority vote: {100 * m['ensemble']['per_member']:.2f}% (per-member JPEG), "
+                     f"{100 * m['ensemble']['slq']:.2f}% (SLQ)")
+        return [*lines, f"wrote {self.ensemble_json}, {self.out_dir / 'metrics.json'}"]
+
 
 def vaccinate(
     base_ckpt: str | Path,

@@ -20,9 +20,10 @@ from torch import Tensor, nn
 
 from edge_guard import jpeg
 from edge_guard.errors import InputError, expected_got
+from edge_guard.training.choices import BpdaBackward
 from edge_guard.training.diffjpeg import DiffJPEG, DiffSLQ, check_images
 
-BACKWARDS = ("identity", "diffjpeg")
+BACKWARDS = BpdaBackward.values()
 
 
 def to_uint8_nhwc(x: Tensor) -> np.ndarray:

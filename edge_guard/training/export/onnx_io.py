@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from edge_guard.errors import BundleError, ConfigError, expected_got
+from edge_guard.training.choices import Exporter
 
 OPSET = 18
-EXPORTERS = ("auto", "dynamo", "torchscript")
+EXPORTERS = Exporter.values()
 PARITY_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and torch, fp32
 _BATCH = 256  # images per inference call when checking (bounded memory)
 

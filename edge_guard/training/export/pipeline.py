@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edge_guard.bundle import Manifest, load_bundle
 from edge_guard.errors import BundleError, ConfigError, expected_got
+from edge_guard.progress import progress_bar
 from edge_guard.spec import DefenseKind, DefenseSpec, Vaccination, VoteRule
+from edge_guard.training.choices import DefenseChoice
 from edge_guard.training.export import in_graph, measure, onnx_io, precision
 from edge_guard.training.export.build import (
     MemberGraphs,
@@ -39,10 +39,10 @@ from edge_guard.training.export.build import (
     fuse_checked,
     in_graph_member,
 )
-from edge_guard.training.export.writer import command_line, rewrite_metrics, write_bundle
+from edge_guard.training.export.writer import rewrite_metrics, write_bundle
 from edge_guard.training.run import DEFAULT_LIMIT, EvalData, Run
 
-DEFENSES = ("per-member", "slq", "none")  # --defense: how the manifest's DefenseSpec is chosen
+DEFENSES = DefenseChoice.values()  # --defense: how the manifest's DefenseSpec is chosen
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class ExportOptions:
     parity_real: int = 256  # validation images in each parity check
     fgsm_eps: float = measure.FGSM_EPS
     seed: int = 0  # SLQ draws while measuring
-    command: str | None = None  # provenance; None: sys.argv
+    command: str | None = None  # provenance: the command line (`edgeguard export` passes its own)
     progress: bool = True
 
 
@@ -157,9 +157,7 @@ class _Steps:
     """A rich progress bar over the export's steps (disabled: a no-op)."""
 
     def __init__(self, total: int, enabled: bool) -> None:
-        self._bar = Progress(TextColumn("[bold]export[/]"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.description}"), TimeElapsedColumn(),
-                             console=Console(stderr=True), disable=not enabled, transient=False)
+        self._bar = progress_bar(enabled=enabled, label="[bold]export[/] {task.description}")
         self._task = self._bar.add_task("", total=total)
 
     @contextmanager
@@ -320,7 +318,7 @@ def export_run(run: Run, opts: ExportOptions) -> ExportResult:
     out = Path(opts.out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     job = _Job(run, defense, data, opts, opts.name or out.name,
-               opts.command if opts.command is not None else command_line())
+               opts.command if opts.command is not None else "export_run (Python API)")
     notes: list[str] = []
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

@@ -23,9 +23,10 @@ import onnx
 import onnxruntime as ort
 
 from edge_guard.errors import BundleError, ConfigError, expected_got
+from edge_guard.spec import Precision
 from edge_guard.training.export.graph_ops import toposort
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = Precision.values()
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -7,9 +7,7 @@ file's sha256, by `edge_guard.bundle.write_manifest` before it is written.
 from __future__ import annotations
 
 import json
-import shlex
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,11 +22,6 @@ from edge_guard.training.provenance import versions
 from edge_guard.training.run import Run
 
 FUSED_NAME = "fused"
-
-
-def command_line(argv: Sequence[str] | None = None) -> str:
-    """The command that made the bundle: sys.argv, shell-quoted."""
-    return shlex.join(list(sys.argv if argv is None else argv))
 
 
 def save_graph(model: onnx.ModelProto, path: Path, props: Mapping[str, object]) -> str:
