@@ -65,7 +65,8 @@ def _self_check() -> dict[str, Any]:
         return {"default_bundle": f"unavailable ({exc})"}
     bundle = guard.bundle
     return {
-        "default_bundle": f"{bundle.name}: {len(bundle.members)} members, defense {bundle.defense.kind}, hashes verified",
+        "default_bundle": (f"{bundle.name}: {len(bundle.members)} members, defense {bundle.defense.kind}, "
+                           "hashes verified"),
         "self_check": f"classified a test image in {ms:.1f} ms on {guard.engine.active_providers[0]} "
                       f"(-> {pred.class_name!r}, votes {list(pred.votes)})",
     }

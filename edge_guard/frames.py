@@ -46,7 +46,8 @@ def list_image_files(paths: Sequence[str | Path], *, recursive: bool = False) ->
             found = path.rglob("*") if recursive else path.iterdir()
             files += sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         else:
-            raise InputError(expected_got("image path", "an existing image file or folder", f"{str(raw)!r} (not found)"))
+            raise InputError(expected_got("image path", "an existing image file or folder",
+                                          f"{str(raw)!r} (not found)"))
     if not files:
         raise InputError(expected_got("image paths", f"at least one image file ({', '.join(IMAGE_SUFFIXES)})",
                                       "none", "Pass image files, or use --recursive for nested folders."))

@@ -171,7 +171,8 @@ class Guard:
         self.backend: str | None = jpeg.resolve_backend(backend) if self.cpu_defense else None
         if self.cpu_defense and d.per_member and engine.use_fused and not engine.fused_per_member:
             raise BundleError(expected_got("fused graph input", "per-member batches [M,N,3,H,W] (defense.per_member)",
-                                           "a shared input [N,3,H,W]", "Re-export the bundle, or pass use_fused=False."))
+                                           "a shared input [N,3,H,W]",
+                                           "Re-export the bundle, or pass use_fused=False."))
         self._rng = np.random.default_rng(seed)
         self._rng_lock = threading.Lock()
         if self.cpu_defense and warn_codec_mismatch and self.backend != d.codec.backend:

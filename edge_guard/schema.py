@@ -135,7 +135,8 @@ def describe(info: Any, *, bare: bool = False) -> str:
         description = None if bare else (info.extra_json_schema or {}).get("description")
         return description or describe(info.type, bare=bare)
     if bare and isinstance(info, (mi.IntType, mi.FloatType, mi.StrType, mi.ListType, mi.VarTupleType)):
-        return {mi.IntType: "an integer", mi.FloatType: "a number", mi.StrType: "a string"}.get(type(info), "a JSON list")
+        names = {mi.IntType: "an integer", mi.FloatType: "a number", mi.StrType: "a string"}
+        return names.get(type(info), "a JSON list")
     if isinstance(info, (mi.EnumType, mi.LiteralType)):
         return "one of " + ", ".join(repr(c) for c in _choices(info))
     if isinstance(info, mi.BoolType):

@@ -9,8 +9,9 @@ optionally crops the annotated sign ROI, resizes to `size` and returns a `Datase
 
 Decoded arrays are cached as .npy files (default ~/.cache/edgeguard/datasets) keyed by the path,
 the mtime/size of the index files (annotation CSVs, class folders) and the load options, so a
-second load of the 39k GTSRB images takes about half a second. Missing or corrupt files raise `DataError` naming the file, unless
-`skip_bad=True`, which skips them and counts them in `dataset.report` (never a silent partial set).
+second load of the 39k GTSRB images takes about half a second. Missing or corrupt files raise
+`DataError` naming the file, unless `skip_bad=True`, which skips them and counts them in
+`dataset.report` (never a silent partial set).
 
 `split_by_track(dataset, val_fraction, seed)` splits GTSRB by physical track (never one track on both
 sides; stratified per class), and falls back to a stratified random split when there are no tracks.

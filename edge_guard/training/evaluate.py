@@ -169,7 +169,7 @@ def evaluate(models: str | Path | Run, out_dir: str | Path, config: EvalConfig =
     models: an ensemble folder (ensemble.json with a base) or a loaded Run. data: the dataset
     folder (default: the one in the run's config); the evaluation images are the run's held-out,
     track-wise validation split (config.split "val") or the dataset's official test set ("test"),
-    capped at config.limit (export/evaldata.py).
+    capped at config.limit (`Run.dataset`).
     """
     t0 = time.perf_counter()
     say = echo or (lambda _msg: None)

@@ -32,9 +32,14 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray,
 
 def logits_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy in [0, 1] of logits (N, C) against int labels (N,); nan when N == 0."""
+    return prediction_accuracy(logits.argmax(1) if len(labels) else logits, labels)
+
+
+def prediction_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of class ids (N,) equal to the labels (N,), in [0, 1]; nan when N == 0."""
     if len(labels) == 0:
         return float("nan")
-    return float((logits.argmax(1) == labels).mean())
+    return float(np.mean(np.asarray(pred) == np.asarray(labels)))
 
 
 def robustness_views(images: np.ndarray, config: TrainConfig, seed: int | None = None) -> dict[str, np.ndarray]:

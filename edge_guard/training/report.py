@@ -80,7 +80,8 @@ def _rows(results: dict[str, Any], threat: str) -> list[tuple[str, str, int | No
     """(row label, attack, eps) in the seed's order: no attack, then each attack and eps."""
     cfg = results["config"]
     # the adaptive table lists the gray-box attacks too, so an attack without an adaptive row says "not run"
-    attacks = cfg["attacks"] if threat == "graybox" else list(dict.fromkeys([*cfg["attacks"], *cfg["adaptive_attacks"]]))
+    attacks = (cfg["attacks"] if threat == "graybox"
+               else list(dict.fromkeys([*cfg["attacks"], *cfg["adaptive_attacks"]])))
     rows: list[tuple[str, str, int | None]] = [("no attack (clean)", "none", None)]
     for a in attacks:
         for eps in (cfg["eps"] if a in ("fgsm", "pgd") else [None]):
@@ -170,7 +171,8 @@ def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
     members = ", ".join(f"{m['name']} ({m['vaccination']}" + (f" q{m['quality']}" if m["quality"] else "") + ")"
                         for m in results["members"])
     adaptive = (f"attacks {', '.join(cfg['adaptive_attacks'])} on {', '.join(results['adaptive_systems'])}, on the "
-                f"first {data['n_adaptive']} of the {data['n']} images" if cfg["adaptive"] else "not run (--no-adaptive)")
+                f"first {data['n_adaptive']} of the {data['n']} images" if cfg["adaptive"]
+                else "not run (--no-adaptive)")
     text = [
         "# Robustness report", "",
         f"Models: `{cfg['models']}`; members: {members}; vote: {cfg['vote']}.",
@@ -228,8 +230,8 @@ def plot_quality_sweeps(out: Path, results: dict[str, Any]) -> list[Path]:
         levels = results["config"]["eps"] if attack in ("fgsm", "pgd") else [None]
         fig, axes = plt.subplots(1, len(levels), figsize=(3.8 * len(levels) + 2.4, 3.4), squeeze=False, sharey=True)
         for ax, eps in zip(axes[0], levels):
-            def rate(threat: str, system: str, _eps: int | None = eps) -> float | None:
-                c = cells.get(cell_key(threat, attack, _eps, system))
+            def rate(threat: str, system: str, _eps: int | None = eps, _attack: str = attack) -> float | None:
+                c = cells.get(cell_key(threat, _attack, _eps, system))
                 return None if c is None or c["success_rate"] is None else 100 * c["success_rate"]
 
             pts = [(s["quality"], rate("graybox", s["name"])) for s in jpeg_systems]

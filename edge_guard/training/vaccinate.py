@@ -48,7 +48,7 @@ from edge_guard.training.adversarial import AdversarialConfig, adversarial_trans
 from edge_guard.training.checkpoint import load_checkpoint, make_vaccination, save_checkpoint
 from edge_guard.training.config import SLQ_QUALITIES, TrainConfig
 from edge_guard.training.data import Dataset, load_dataset, split_by_track
-from edge_guard.training.predict import logits_accuracy, predict_logits, robustness_views
+from edge_guard.training.predict import logits_accuracy, predict_logits, prediction_accuracy, robustness_views
 from edge_guard.training.run import ENSEMBLE_FILE, EnsembleFile, EnsembleMember, train_config
 from edge_guard.training.train import TrainResult, WarmStart, fit, warm_start
 from edge_guard.training.transforms import BatchTransform, mixed_transform
@@ -125,7 +125,8 @@ def vaccinate(
     base_model, base = load_checkpoint(base_ckpt)
     base_cfg = train_config(base["run_config"])
     cfg = dataclasses.replace(
-        base_cfg, model_kwargs={}, data=str(data) if data is not None else base_cfg.data, epochs=epochs, lr=lr, schedule="cosine",
+        base_cfg, model_kwargs={}, data=str(data) if data is not None else base_cfg.data, epochs=epochs, lr=lr,
+        schedule="cosine",
         batch_size=batch_size or base_cfg.batch_size, augment=base_cfg.augment if augment is None else augment,
         num_threads=num_threads, device=device, val_every=val_every, subsampling=subsampling, backend=backend,
         jpeg_augment=(), low_res=(), slq_qualities=tuple(int(q) for q in slq_qualities), resume=resume,
@@ -213,8 +214,8 @@ def ensemble_metrics(members: dict[str, TrainResult], specs: Sequence[MemberSpec
                      for q in (s.quality for s in specs if s.vaccination == Vaccination.JPEG)}}
     return {
         "val_images": int(len(labels)), "members": own, "base": base,
-        "ensemble": {"per_member": round(float((majority_vote(per_member) == labels).mean()), 5),
-                     "slq": round(float((majority_vote(on_slq) == labels).mean()), 5), "vote": "majority"},
+        "ensemble": {"per_member": round(prediction_accuracy(majority_vote(per_member), labels), 5),
+                     "slq": round(prediction_accuracy(majority_vote(on_slq), labels), 5), "vote": "majority"},
         "slq_qualities": list(cfg.slq_qualities), "subsampling": cfg.subsampling,
     }
 

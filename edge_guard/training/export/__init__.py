@@ -4,8 +4,7 @@
     result = export_bundle("runs/shield", ExportOptions(out=Path("export/gtsrb-shield"), data=Path("data/gtsrb")))
 
 Modules, one concept each:
-    source      what is exported: ensemble.json / best.pt -> torch members (Run)
-    evaldata    the run's held-out validation images and int8 calibration images
+    (what is exported, a Run and its validation data, comes from edge_guard.training.run)
     onnx_io     torch -> ONNX (pinned opset, dynamo with TorchScript fallback) and parity checks
     in_graph    DiffJPEG exported as a graph and chained in front of a member
     graph_ops   ONNX graph surgery: chain, fuse, topological sort, metadata_props

@@ -19,6 +19,7 @@ from torch import nn
 
 from edge_guard.defense import member_inputs
 from edge_guard.spec import DefenseSpec, InputSpec, MemberSpec, Vaccination
+from edge_guard.training.predict import prediction_accuracy
 
 FGSM_EPS = 8 / 255
 _CHUNK = 256  # images per classify / attack call
@@ -27,10 +28,6 @@ _CHUNK = 256  # images per classify / attack call
 def to_input(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]: what every exported graph takes (InputSpec.unit_range)."""
     return InputSpec.unit_range(*images.shape[1:3]).to_tensor(images)
-
-
-def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.asarray(pred) == np.asarray(labels))) if len(labels) else float("nan")
 
 
 def guard_predictions(bundle_dir: str | Path, images: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -92,15 +89,15 @@ def bundle_numbers(bundle_dir: Path, members: Sequence[MemberSpec], defense: Def
     from edge_guard.training.export.onnx_io import run_session, session
 
     pred = guard_predictions(bundle_dir, images, seed)
-    out: dict[str, Any] = {"accuracy": accuracy(pred, labels), "n": int(len(labels)), "member_accuracy": {}}
+    out: dict[str, Any] = {"accuracy": prediction_accuracy(pred, labels), "n": int(len(labels)), "member_accuracy": {}}
     graph_in = member_tensors(members, defense, images, seed, graph_input=True)
     member_pred = {m.name: run_session(session(graphs[m.name]), graph_in[m.name]).argmax(1) for m in members}
-    out["member_accuracy"] = {name: accuracy(p, labels) for name, p in member_pred.items()}
+    out["member_accuracy"] = {name: prediction_accuracy(p, labels) for name, p in member_pred.items()}
     if adv is not None:
         adv_pred = guard_predictions(bundle_dir, adv, seed)
         correct = pred == labels
         flipped = float(np.mean(adv_pred[correct] != labels[correct])) if correct.any() else None
-        out["fgsm"] = {"accuracy": accuracy(adv_pred, labels), "misclassification_rate": flipped}
+        out["fgsm"] = {"accuracy": prediction_accuracy(adv_pred, labels), "misclassification_rate": flipped}
     in_graph = [m for m in members if defense.in_graph and m.vaccination == Vaccination.JPEG]
     if in_graph:
         codec_in = member_tensors(in_graph, defense, images, seed, graph_input=False)

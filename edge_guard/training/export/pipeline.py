@@ -115,7 +115,8 @@ def resolve_defense(run: Run, choice: str | None, in_graph_jpeg: bool) -> Defens
     jpeg_q = sorted({int(m.quality) for m in run.members if m.vaccination == Vaccination.JPEG})
     if not jpeg_q and Vaccination.SLQ not in vacs:
         raise ConfigError(expected_got("--defense per-member", "at least one jpeg- or slq-vaccinated member",
-                                       f"vaccinations {sorted(map(str, vacs))}", "Use --defense slq or --defense none."))
+                                       f"vaccinations {sorted(map(str, vacs))}",
+                                       "Use --defense slq or --defense none."))
     if in_graph_jpeg:
         in_graph.check_members([(m.name, m.vaccination) for m in run.members])
         if not jpeg_q:
@@ -215,8 +216,8 @@ class _Job:
     def numbers(self, bundle_dir: Path, graphs: MemberGraphs, adv: np.ndarray | None) -> dict[str, Any]:
         if not self.data.available:
             return {}
-        return measure.bundle_numbers(bundle_dir, self.run.member_specs, self.defense, self.data.images, self.data.labels,
-                                      adv, graphs.shipped, graphs.plain, self.opts.seed)
+        return measure.bundle_numbers(bundle_dir, self.run.member_specs, self.defense, self.data.images,
+                                      self.data.labels, adv, graphs.shipped, graphs.plain, self.opts.seed)
 
     def sample(self, n: int) -> np.ndarray:
         """Up to n validation images, or n random uint8 images when there is no data."""
@@ -359,5 +360,5 @@ def _keep_extra_files(old: Path, new: Path) -> list[str]:
 
 
 def export_bundle(run_dir: str | Path, opts: ExportOptions) -> ExportResult:
-    """Export the ensemble directory / run directory / checkpoint at `run_dir` (see `load_run`)."""
+    """Export the ensemble directory / run directory / checkpoint at `run_dir` (see `Run.open`)."""
     return export_run(Run.open(run_dir), opts)
