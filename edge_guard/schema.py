@@ -82,12 +82,15 @@ def _unwrap(info: Any) -> Any:
     return info
 
 
-def _struct(info: Any) -> mi.StructType | None:
-    """The struct type of `info`, looking inside an Optional."""
+_OBJECTS = (mi.StructType, mi.DataclassType)  # types with named fields
+
+
+def _struct(info: Any) -> mi.StructType | mi.DataclassType | None:
+    """The struct (or dataclass) type of `info`, looking inside an Optional."""
     info = _unwrap(info)
     if isinstance(info, mi.UnionType):
-        return next((t for t in map(_unwrap, info.types) if isinstance(t, mi.StructType)), None)
-    return info if isinstance(info, mi.StructType) else None
+        return next((t for t in map(_unwrap, info.types) if isinstance(t, _OBJECTS)), None)
+    return info if isinstance(info, _OBJECTS) else None
 
 
 def _type_at(info: Any, steps: list[str | int]) -> Any:
@@ -154,7 +157,7 @@ def describe(info: Any, *, bare: bool = False) -> str:
         return "a non-empty list" if info.min_length else "a JSON list"
     if isinstance(info, mi.TupleType):
         return f"a list of {len(info.item_types)} values"
-    if isinstance(info, (mi.StructType, mi.DictType)):
+    if isinstance(info, (mi.DictType, *_OBJECTS)):
         return "a JSON object"
     if isinstance(info, mi.NoneType):
         return "null"
@@ -170,9 +173,9 @@ def _type_name(value: Any) -> str:
 def _got(value: Any, info: Any, *, type_mismatch: bool) -> str:
     """What was got: a list's length, a container's type, a scalar's value (with its type when wrong)."""
     node = _unwrap(info)
-    container = isinstance(node, (mi.ListType, mi.VarTupleType, mi.TupleType, mi.StructType, mi.DictType))
+    container = isinstance(node, (mi.ListType, mi.VarTupleType, mi.TupleType, mi.DictType, *_OBJECTS))
     if container and isinstance(value, list):
-        return "[]" if not value else f"{len(value)} values"
+        return "[]" if not value else f"{len(value)} value{'s' if len(value) != 1 else ''}"
     if container or isinstance(value, (dict, list)):
         return _type_name(value)
     return f"{value!r} ({_type_name(value)})" if type_mismatch else repr(value)

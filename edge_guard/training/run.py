@@ -79,20 +79,12 @@ class EnsembleFile(Spec, kw_only=True):
     members: Annotated[tuple[EnsembleMember, ...], msgspec.Meta(min_length=1)]
 
 
-def train_config(run_config: dict[str, Any]) -> TrainConfig:
-    """TrainConfig from a config.json / checkpoint run_config (JSON lists back to tuples; the "resolved"
-    record and keys of other versions are left out)."""
-    names = set(TrainConfig.__dataclass_fields__)
-    kwargs = {k: _tuples(v) for k, v in run_config.items() if k in names}
-    try:
-        return TrainConfig(**kwargs)
-    except (TypeError, ConfigError) as exc:
-        raise ConfigError(f"the run's config is not a usable training config: {exc}") from None
-
-
-def _tuples(value: Any) -> Any:
-    """JSON lists (nested too, as low_res's stages) back to the tuples TrainConfig holds."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+def train_config(run_config: dict[str, Any], where: str = "run config") -> TrainConfig:
+    """TrainConfig from a config.json / checkpoint run_config, validated by its dataclass schema (types by
+    key path, then TrainConfig's own range checks). The "resolved" record is left out; keys of another
+    version are ignored, so runs from older releases reopen."""
+    fields = {k: v for k, v in run_config.items() if k != "resolved"}
+    return decode(fields, TrainConfig, error=ConfigError, root=where)
 
 
 @dataclass(frozen=True)
@@ -175,7 +167,7 @@ def _codec(meta: dict[str, Any]) -> CodecSpec:
 def _config(root: Path, *ckpts: dict[str, Any]) -> TrainConfig:
     """The run's config.json, else the run_config stored in the first checkpoint that has one."""
     if (root / CONFIG_FILE).is_file():
-        return train_config(_read_json(root / CONFIG_FILE))
+        return train_config(_read_json(root / CONFIG_FILE), str(root / CONFIG_FILE))
     for ckpt in ckpts:
         if isinstance(ckpt.get("run_config"), dict) and ckpt["run_config"]:
             return train_config(ckpt["run_config"])

@@ -59,4 +59,9 @@ def test_train_config_from_json_takes_lists_back_to_tuples_and_checks_values():
     assert config.low_res == ((16, 2), (24, 2)) and config.eval_qualities == ()
     with pytest.raises(ConfigError, match="epochs"):
         train_config({"epochs": 0})
+    with pytest.raises(ConfigError, match=r"^runs/x/config\.json\.low_res\[0\]: expected a list of 2 values, "
+                                          r"got 1 value\."):
+        train_config({"low_res": [[16]], "epochs": 6}, "runs/x/config.json")
+    with pytest.raises(ConfigError, match=r"^run config\.epochs: expected an integer, got '3' \(str\)"):
+        train_config({"epochs": "3"})
 
