@@ -11,6 +11,7 @@ Every ONNX file carries its sha256; a bundle whose files do not match is refused
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -85,6 +86,7 @@ class Bundle:
 
     root: Path
     manifest: Manifest
+    manifest_sha256: str = ""  # of manifest.json's bytes as loaded: names exactly what produced a result
 
     # the manifest's fields, read through (bundle.classes, bundle.defense, bundle.members, ...)
     name = _manifest_field("name")
@@ -237,14 +239,16 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """
     manifest = _manifest_path(path)
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        raw = manifest.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
         where = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
         raise BundleError(expected_got(str(manifest), "valid JSON", where,
                                        "Fix the file or re-export the bundle.")) from None
     except UnicodeDecodeError:
         raise BundleError(expected_got(str(manifest), "UTF-8 JSON text", "undecodable bytes")) from None
-    bundle = bundle_from_dict(data, manifest.parent.resolve())
+    bundle = dataclasses.replace(bundle_from_dict(data, manifest.parent.resolve()),
+                                 manifest_sha256=hashlib.sha256(raw).hexdigest())
     verify_files(bundle, hashes=verify)
     return bundle
 

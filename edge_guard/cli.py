@@ -439,50 +439,69 @@ def evaluate(
 @app.command()
 @friendly_errors
 def infer(
-    paths: list[str] = typer.Argument(..., help="Image files (jpg, jpeg, png, ppm, bmp, webp) or folders of them."),
-    bundle: str | None = typer.Option(
-        None, "--bundle",
-        help="Bundle directory (default: the shipped export/gtsrb-shield)."),
+    sources: list[str] = typer.Argument(
+        ..., metavar="SOURCE...",
+        help="A video file, image files/folders/globs, a camera (0, /dev/video0), - (MJPEG bytes on stdin), or an "
+             "rtsp:// or http(s):// stream (MJPEG or anything FFmpeg reads)."),
+    bundle: str | None = typer.Option(None, "--bundle", help="Bundle directory (default: the shipped bundle)."),
     roi: list[str] = typer.Option(
-        [], "--roi",
-        help="Box x1,y1,x2,y2 in pixels (x2, y2 exclusive) classified in every image; repeatable. Default: the whole "
-             "image."),
+        [], "--roi", help="Box x1,y1,x2,y2 in frame pixels (x2, y2 exclusive) classified in every frame; repeatable. "
+                          "Default: the centre square of each frame."),
+    boxes: str | None = typer.Option(
+        None, "--boxes", help='Per-frame boxes from an upstream detector: JSON lines {"frame": N, "boxes": [[x1, y1, '
+                              'x2, y2], ...]}.'),
+    detector: str | None = typer.Option(
+        None, "--detector", help="An ONNX detector (YOLO as Ultralytics exports it) proposing the boxes."),
+    detector_score: float = typer.Option(0.25, "--detector-score", help="Minimum detector confidence."),
+    detector_classes: str | None = typer.Option(
+        None, "--detector-classes", help="Detector class ids to keep, e.g. 11 (default: all)."),
+    min_confidence: float = typer.Option(
+        0.0, "--min-confidence", help='Below this ensemble confidence a region is "no sign" (class_id null).'),
+    suspect_below: float = typer.Option(
+        0.6, "--suspect-below", help="Flag a region suspect when fewer than this share of members vote for the "
+                                     "winner (the attack / out-of-distribution alarm)."),
     providers: str = typer.Option("cpu", "--providers", help="Ordered execution providers, e.g. tensorrt,cuda,cpu."),
-    threads: int | None = typer.Option(
-        None, "--threads",
-        help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for SLQ's random block choice."),
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: its choice)."),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for SLQ's random block choice."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Also read images in subfolders."),
     output: str | None = typer.Option(
-        None, "--output", "-o",
-        help="Write the JSON lines to this file instead of stdout."),
+        None, "--output", "-o", help="Write the JSON lines to this file (moved into place at the end) instead of "
+                                     "stdout."),
+    append: bool = typer.Option(False, "--append", help="Append to --output instead of replacing it."),
+    annotate: str | None = typer.Option(
+        None, "--annotate", help="Also write annotated frames: a video (.avi, .mp4, .mkv) or a folder of JPEGs."),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="Stop after N frames."),
+    camera_size: str | None = typer.Option(None, "--camera-size", help="Camera resolution WIDTHxHEIGHT."),
+    camera_fps: float | None = typer.Option(None, "--camera-fps", help="Camera frame rate."),
+    camera_fourcc: str = typer.Option("MJPG", "--camera-fourcc", help="Camera pixel format; MJPG hands over JPEG bytes."),
+    queue_size: int = typer.Option(2, "--queue-size", min=1, help="Live sources: frames kept (the latest win)."),
+    max_reconnects: int | None = typer.Option(
+        None, "--max-reconnects", min=0, help="Live sources: reconnect attempts in a row before giving up "
+                                              "(default: forever)."),
+    status: bool = typer.Option(True, "--status/--no-status", help="A live status line on stderr (terminals only)."),
 ) -> None:
-    """Classify images (whole, or each --roi box) and print one JSON line per prediction.
+    """Classify the frames of a video, camera, stream or images; one JSON line per frame (schema edgeguard.infer/1).
 
-    Unreadable files are skipped with a warning; a summary line goes to stderr.
+    Each line holds the frame index, timestamps, source, bundle and manifest sha256, every region's box, class,
+    confidence, member votes, agreement and suspect flag, and the stage latencies. A summary goes to stderr.
 
-    Example: edgeguard infer photos/ stop.png --roi 10,20,74,84 --output predictions.jsonl
+    Example: edgeguard infer clip.avi --roi 600,200,728,328 --output results.jsonl --annotate annotated.avi
     """
-    from pathlib import Path
+    from edge_guard.infer import InferOptions, parse_classes, parse_size, run_infer
+    from edge_guard.regions import parse_roi
+    from edge_guard.sources import CameraSettings
 
-    from edge_guard.frames import parse_roi
-    from edge_guard.guard import Guard
-    from edge_guard.infer import InferStats, classify_files
-
-    boxes = [parse_roi(text) for text in roi]
-    guard = Guard.from_bundle(bundle, providers=[p for p in providers.split(",") if p.strip()], threads=threads,
-                              seed=seed)
-    stats = InferStats()
-    records = classify_files(guard, paths, rois=boxes, recursive=recursive, stats=stats)
-    sink = Path(output).open("w", encoding="utf-8") if output else None
-    try:
-        for record in records:
-            typer.echo(json.dumps(record), file=sink)
-    finally:
-        if sink is not None:
-            sink.close()
-    typer.echo(f"{stats.summary()} ({guard.bundle.name}, {guard.engine.active_providers[0]})"
-               + (f", wrote {output}" if output else ""), err=True)
+    size = parse_size(camera_size)
+    options = InferOptions(
+        sources=tuple(sources), bundle=bundle, providers=tuple(p for p in providers.split(",") if p.strip()),
+        threads=threads, seed=seed, rois=tuple(parse_roi(text) for text in roi), boxes=boxes, detector=detector,
+        detector_score=detector_score, detector_classes=parse_classes(detector_classes),
+        min_confidence=min_confidence, suspect_below=suspect_below, output=output, append=append,
+        annotate=annotate, max_frames=max_frames, recursive=recursive,
+        camera=CameraSettings(size[0] if size else None, size[1] if size else None, camera_fps, camera_fourcc or None),
+        queue_size=queue_size, max_reconnects=max_reconnects, status=status)
+    for line in run_infer(options).lines():
+        typer.echo(line, err=True)
 
 
 @app.command()

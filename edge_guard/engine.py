@@ -253,6 +253,10 @@ class Engine:
             want = f"logits [{self.num_members}, {n}, {self.bundle.num_classes}] (members, batch, manifest classes)"
             raise BundleError(expected_got("model output", want, f"shape {logits.shape}",
                                            "The graphs do not match the manifest; re-export the bundle."))
+        if not np.isfinite(logits).all():  # NaN/inf would become NaN confidences and invalid JSON downstream
+            bad = [self.bundle.members[i].name for i in range(len(logits)) if not np.isfinite(logits[i]).all()]
+            raise BundleError(expected_got("model output", "finite logits", f"NaN or inf from member(s) {bad}",
+                                           "The graph or its input normalization is broken; re-export the bundle."))
         return np.asarray(logits, dtype=np.float32)
 
     def warmup(self, n: int = 2, batch: int = 1) -> None:

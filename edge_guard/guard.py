@@ -19,7 +19,7 @@ import numbers
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,9 @@ from edge_guard.bundle import Bundle, default_bundle_path, load_bundle
 from edge_guard.defense import member_inputs
 from edge_guard.engine import Engine, softmax, vote
 from edge_guard.errors import BundleError, InputError, expected_got
+from edge_guard.regions import Box
 
 STAGES = ("preprocess", "defense", "inference", "vote", "total")
-Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ def _to_rgb(image: Any, what: str) -> np.ndarray:
     """Check one image and return it as HxWx3 uint8 RGB (gray repeated, alpha dropped)."""
     if not isinstance(image, np.ndarray):
         raise InputError(expected_got(what, "a numpy.ndarray (HxWx3 uint8 RGB)", type(image).__name__))
+    image = np.asarray(image)  # a subclass (np.matrix) breaks numpy's own operations on it
     if image.dtype != np.uint8:
         raise InputError(expected_got(f"{what} dtype", "uint8 (0..255)", image.dtype,
                                       "Convert floats in [0,1] with (x * 255).round().astype(np.uint8)."))
@@ -84,6 +85,7 @@ def _to_rgb(image: Any, what: str) -> np.ndarray:
 def _as_images(images: Any) -> tuple[list[np.ndarray], bool]:
     """Accept one image, a list of images, or an NxHxWxC batch. Returns (images, was_single)."""
     if isinstance(images, np.ndarray):
+        images = np.asarray(images)
         # Rank 3 is one HxWxC image (C in 1, 3, 4); pass gray batches as a list of HxW arrays.
         if images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4)):
             return [_to_rgb(images, "image")], True
@@ -270,3 +272,27 @@ class Guard:
                        votes=tuple(int(v) for v in vs), timings_ms=dict(timings))
             for c, p, vs in zip(class_ids, confidence, votes)
         ]
+
+    def run(self, source: Any, *, rois: Sequence[Box] | None = None, regions: Any = None, detector: Any = None,
+            min_confidence: float = 0.0, suspect_below: float | None = None, max_frames: int | None = None,
+            stats: Any = None, **source_options: Any) -> Iterator[Any]:
+        """Classify every frame of a source; yields one `edge_guard.stream.FrameResult` per frame.
+
+        source: a spec `edge_guard.sources.open_source` reads (a video file, images, a folder, a camera
+        index or /dev/videoN, "-" for MJPEG on stdin, an rtsp:// or http:// URL) or an open Source.
+        Regions: `rois` (the same boxes in every frame), a `detector` (edge_guard.detector.Detector), or
+        `regions` (edge_guard.regions.Regions); none of them: the centre square of each frame.
+
+            for result in guard.run("/dev/video0", rois=[(600, 200, 728, 328)]):
+                act_on(result.regions[0].class_id, result.regions[0].suspect)
+        """
+        from edge_guard.regions import Regions
+        from edge_guard.sources import Source, open_source
+        from edge_guard.stream import DEFAULT_SUSPECT_BELOW, run_stream
+
+        if regions is None:
+            regions = Regions.from_detector(detector) if detector is not None else Regions.fixed(rois or [])
+        opened = source if isinstance(source, Source) else open_source(source, **source_options)
+        return run_stream(self, opened, regions, min_confidence=min_confidence, max_frames=max_frames, stats=stats,
+                          suspect_below=DEFAULT_SUSPECT_BELOW if suspect_below is None else suspect_below,
+                          backend=str(self.backend or "auto"))

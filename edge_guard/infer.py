@@ -1,65 +1,189 @@
-"""Classify image files with a Guard, one JSON-ready record per prediction.
+"""`edgeguard infer`: classify a source's frames with a bundle and write one JSON line per frame.
 
-    stats = InferStats()
-    for record in classify_files(guard, ["photos/"], rois=[(10, 20, 74, 84)], stats=stats):
-        print(json.dumps(record))     # {"frame", "roi", "class_id", "class_name", "confidence", "votes", "timings_ms"}
-    stats.summary()                   # "3 images, 3 predictions, 1 skipped, mean total 4.1 ms"
+    summary = run_infer(InferOptions(sources=("clip.avi",), output="results.jsonl"))
+    print("\\n".join(summary.lines()))
+
+The run stops at the end of a file source, after `max_frames`, or on Ctrl-C / SIGTERM; in every case
+the output holds whole JSON lines only and the summary is returned (`interrupted` says by what).
+Everything that can be checked before the first frame is (the output path, the bundle, the regions),
+so a bad option never leaves a half-written file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import signal
+import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from edge_guard.frames import Box, iter_images, warn_skip
+from edge_guard.errors import ConfigError, expected_got
 from edge_guard.guard import Guard
+from edge_guard.output import Annotator, JsonLines, StatusLine, check_output_path
+from edge_guard.regions import Box, Regions
+from edge_guard.sources import CameraSettings, Source, open_source
+from edge_guard.stream import DEFAULT_SUSPECT_BELOW, STAGES, StreamStats, run_stream
+
+
+@dataclass(frozen=True)
+class InferOptions:
+    """What `edgeguard infer` takes (see its --help)."""
+
+    sources: tuple[str, ...]
+    bundle: str | None = None
+    providers: tuple[str, ...] = ("cpu",)
+    threads: int | None = None
+    seed: int | None = None
+    rois: tuple[Box, ...] = ()
+    boxes: str | None = None  # JSON-lines file of per-frame boxes
+    detector: str | None = None  # ONNX detector
+    detector_score: float = 0.25
+    detector_classes: tuple[int, ...] | None = None
+    min_confidence: float = 0.0
+    suspect_below: float = DEFAULT_SUSPECT_BELOW
+    output: str | None = None  # None: stdout
+    append: bool = False
+    annotate: str | None = None
+    max_frames: int | None = None
+    recursive: bool = False
+    camera: CameraSettings = CameraSettings()
+    queue_size: int = 2
+    max_reconnects: int | None = None
+    status: bool = True
 
 
 @dataclass
-class InferStats:
-    """Counters of one run: images classified, predictions, files skipped, total ms per image."""
+class InferSummary:
+    """The end of a run: counters from the loop and the source, per-stage latency percentiles."""
 
-    images: int = 0
-    predictions: int = 0
-    skipped: int = 0
-    total_ms: list[float] = field(default_factory=list)
+    bundle: str
+    provider: str
+    stats: StreamStats
+    source: dict[str, Any]
+    output: str | None
+    written: int
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when stopped by a signal
+    annotated: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def mean_total_ms(self) -> float:
-        return sum(self.total_ms) / len(self.total_ms) if self.total_ms else 0.0
+    def lines(self) -> list[str]:
+        s, src = self.stats, self.source
+        corrupt = {**src["corrupt"], **{k: v + src["corrupt"].get(k, 0) for k, v in s.corrupt.items()}}
+        head = (f"{s.frames} frames, {s.regions} regions ({s.suspect} suspect), {s.fps:.1f} frames/s; "
+                f"dropped {src['dropped']}, corrupt {sum(corrupt.values())}"
+                + (f" {corrupt}" if corrupt else "") + f", decoded with libjpeg warnings {s.warned}, "
+                f"reconnects {src['reconnects']}, boxes skipped {s.skipped_boxes}")
+        lines = [head + f" ({self.bundle}, {self.provider})"]
+        for stage in STAGES:
+            p = s.percentiles(stage)
+            lines.append(f"  {stage:>9} ms  p50 {p['p50']:.2f}  p95 {p['p95']:.2f}  p99 {p['p99']:.2f}")
+        if src["gaps"]:
+            lines.append("gaps: " + ", ".join(f"{g['seconds']:.1f} s" for g in src["gaps"]))
+        if self.interrupted:
+            lines.append(f"stopped by {self.interrupted} after frame {s.frames}")
+        if self.output:
+            lines.append(f"wrote {self.written} lines to {self.output}")
+        if self.annotated:
+            lines.append(f"annotated frames in {self.annotated}")
+        return lines
 
-    def summary(self) -> str:
-        return (f"{self.images} images, {self.predictions} predictions, {self.skipped} skipped, "
-                f"mean total {self.mean_total_ms:.2f} ms per image")
+
+def _status_text(stats: StreamStats, source: Source) -> str:
+    total = stats.percentiles("total")
+    src = source.stats
+    return (f"{stats.frames} frames  {stats.fps:5.1f} fps  total p50 {total['p50']:.1f} ms p99 {total['p99']:.1f} ms  "
+            f"dropped {src.dropped}  corrupt {sum(src.corrupt.values()) + sum(stats.corrupt.values())}  "
+            f"reconnects {src.reconnects}  suspect {stats.suspect}")
 
 
-def classify_files(guard: Guard, paths: Sequence[str | Path], *, rois: Sequence[Box] = (), recursive: bool = False,
-                   stats: InferStats | None = None) -> Iterator[dict[str, Any]]:
-    """Yield one record per prediction: each image whole (no rois) or each of `rois` in it, in order.
+def _regions(options: InferOptions) -> Regions:
+    if options.detector:
+        from edge_guard.detector import Detector
 
-    Unreadable files are skipped (one warning line on stderr) and counted in `stats.skipped`.
-    A path that does not exist raises InputError at the call, before any image is read; a box outside an
-    image raises InputError from Guard.classify.
-    """
-    stats = stats if stats is not None else InferStats()
+        return Regions.from_detector(Detector(options.detector, score=options.detector_score,
+                                              classes=options.detector_classes, providers=options.providers,
+                                              threads=options.threads))
+    if options.boxes:
+        return Regions.from_file(options.boxes)
+    return Regions.fixed(options.rois)
 
-    def skip(frame_id: str, reason: str) -> None:
-        stats.skipped += 1
-        warn_skip(frame_id, reason)
 
-    boxes = list(rois)
-    images = iter_images(paths, recursive=recursive, on_skip=skip)  # checks the paths now
+class _Stop:
+    """SIGTERM (and SIGINT) become a clean stop: the loop ends after the frame in hand."""
 
-    def generate() -> Iterator[dict[str, Any]]:
-        for frame_id, image in images:
-            preds = guard.classify(image, boxes if boxes else None)
-            stats.images += 1
-            stats.predictions += len(preds)
-            if preds:
-                stats.total_ms.append(preds[0].timings_ms["total"])
-            for box, pred in zip(boxes if boxes else [None], preds):
-                yield {"frame": frame_id, "roi": list(box) if box is not None else None, **pred.to_dict()}
+    def __init__(self) -> None:
+        self.by: str | None = None
+        self._old: dict[int, Any] = {}
 
-    return generate()
+    def __enter__(self) -> _Stop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.by = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def run_infer(options: InferOptions) -> InferSummary:
+    """Run `edgeguard infer` (see the module docstring). Raises EdgeGuardError before any output is written when
+    an option, the bundle or the source is wrong."""
+    if options.output:
+        check_output_path(options.output, append=options.append)
+    guard = Guard.from_bundle(options.bundle, providers=list(options.providers), threads=options.threads,
+                              seed=options.seed)
+    regions = _regions(options)
+    annotator = Annotator(options.annotate) if options.annotate else None
+    source = open_source(options.sources, recursive=options.recursive, camera=options.camera,
+                         queue_size=options.queue_size, max_reconnects=options.max_reconnects)
+    sink = JsonLines(options.output, append=options.append)
+    stats, status = StreamStats(), StatusLine(enabled=options.status)
+    bundle = guard.bundle
+    stop = _Stop()
+    try:
+        with stop:
+            try:
+                for result in run_stream(guard, source, regions, min_confidence=options.min_confidence,
+                                         suspect_below=options.suspect_below, stats=stats,
+                                         max_frames=options.max_frames, backend=str(guard.backend or "auto"),
+                                         keep_image=annotator is not None):
+                    sink.write(result.to_record(bundle.name, bundle.manifest_sha256))
+                    if annotator is not None and result.image is not None:
+                        annotator.write(result.image, result.regions, result.decode_scale)
+                    status.update(_status_text(stats, source))
+            except KeyboardInterrupt:
+                stop.by = stop.by or "SIGINT"
+    finally:
+        status.clear()
+        source.close()
+        sink.close()
+        if annotator is not None:
+            annotator.close()
+    return InferSummary(bundle.name, guard.engine.active_providers[0], stats, source.stats.to_dict(),
+                        str(sink.path) if sink.path else None, sink.count, stop.by,
+                        str(annotator.path) if annotator else None)
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'1280x720' -> (1280, 720); None stays None."""
+    if not text:
+        return None
+    w, sep, h = text.lower().partition("x")
+    if not (sep and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+        raise ConfigError(expected_got("--camera-size", "WIDTHxHEIGHT like 1280x720", repr(text)))
+    return int(w), int(h)
+
+
+def parse_classes(text: str | None) -> tuple[int, ...] | None:
+    """'0,11' -> (0, 11) detector class ids; None or '' keeps every class."""
+    if not text:
+        return None
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ConfigError(expected_got("--detector-classes", "comma-separated class ids like 0,11",
+                                       repr(text))) from None

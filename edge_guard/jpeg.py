@@ -214,6 +214,12 @@ def _codec(name: str) -> _Codec:
         return _codecs[name]
 
 
+def turbo_handle() -> Any:
+    """The process's PyTurboJPEG handle, for frame decodes at a DCT scale (CodecError when libturbojpeg
+    is unavailable)."""
+    return _codec("turbojpeg")._handle  # type: ignore[attr-defined]
+
+
 @functools.lru_cache(maxsize=1)
 def _auto_backend() -> str:
     try:

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
     (["export", "runs/x", "--out", "y", "--precision", "int4"], "'int4' is not one of 'fp32', 'fp16', 'int8'"),
     (["evaluate", "--models", "runs/x", "--split", "train"], "'train' is not one of 'val', 'test'"),
     (["vaccinate", "--base", "b.pt", "--subsampling", "411"], "'411' is not one of '420', '422', '444'"),
-    (["infer"], "Missing argument 'paths'"),
+    (["infer"], "Missing argument 'SOURCE...'"),
 ])
 def test_usage_errors_are_one_line_with_exit_code_2(args, words):
     result = CliRunner().invoke(app, args)

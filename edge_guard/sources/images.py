@@ -1,27 +1,30 @@
-"""Frame sources and regions of interest. For now: image files and folders of them.
+"""Image files, folders and globs as a frame source: every readable image in order.
 
-    for frame_id, image in iter_images(["sign.png", "photos/"]):   # image: HxWx3 uint8 RGB
+    for frame in open_images(["sign.png", "photos/", "clips/*.jpg"]):   # frame.image: HxWx3 uint8 RGB
         ...
-    box = parse_roi("10,20,74,84")                                 # (x1, y1, x2, y2) pixels
 
 A file that cannot be decoded (corrupt, truncated header, not an image) is skipped with one
-warning line on stderr and reported to `on_skip`; it never ends the run. A path that does not
-exist raises InputError before anything is read.
+warning line on stderr and counted as "unreadable"; it never ends the run. A path that does not
+exist (or a glob that matches nothing) raises InputError before anything is read.
 """
 
 from __future__ import annotations
 
+import glob
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge_guard.errors import ConfigError, InputError, expected_got
+from edge_guard.errors import InputError, expected_got
+from edge_guard.sources.frame import Frame
+from edge_guard.sources.mjpeg import Broken
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
-Box = tuple[int, int, int, int]
+GLOB_CHARS = "*?["
 SkipHandler = Callable[[str, str], None]  # (frame_id, reason)
 
 
@@ -40,7 +43,13 @@ def list_image_files(paths: Sequence[str | Path], *, recursive: bool = False) ->
     files: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
-        if path.is_file():
+        if any(c in str(raw) for c in GLOB_CHARS) and not path.exists():
+            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=recursive) if Path(p).is_file())
+            if not matches:
+                raise InputError(expected_got("image glob", "a pattern matching image files", f"{str(raw)!r} "
+                                              "(matches nothing)"))
+            files += matches
+        elif path.is_file():
             files.append(path)
         elif path.is_dir():
             found = path.rglob("*") if recursive else path.iterdir()
@@ -71,36 +80,21 @@ def read_image(path: str | Path) -> np.ndarray | None:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def iter_images(paths: Sequence[str | Path], *, recursive: bool = False,
-                on_skip: SkipHandler | None = warn_skip) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield (frame_id, image) for each readable image: frame_id is the file path as a string,
-    image is HxWx3 uint8 RGB. Paths are checked now (InputError); files are decoded lazily.
-    on_skip(frame_id, reason) is called for each file that does not decode (default: warn on stderr).
-    """
+def open_images(paths: Sequence[str | Path], *, recursive: bool = False,
+                on_skip: SkipHandler | None = warn_skip) -> Iterator[Frame | Broken]:
+    """Frames (source_id: the file path, image: HxWx3 uint8 RGB) of each readable image; a Broken
+    ("unreadable") for each file that does not decode, after on_skip(path, reason) (default: a warning line).
+    Paths are checked now (InputError); files are decoded lazily."""
     files = list_image_files(paths, recursive=recursive)
 
-    def generate() -> Iterator[tuple[str, np.ndarray]]:
-        for path in files:
+    def generate() -> Iterator[Frame | Broken]:
+        for index, path in enumerate(files):
             image = read_image(path)
             if image is None:
                 if on_skip is not None:
                     on_skip(str(path), "not a readable image (corrupt, truncated or unsupported)")
+                yield Broken("unreadable", 0)
                 continue
-            yield str(path), image
+            yield Frame(index, str(path), time.time(), image=image)
 
     return generate()
-
-
-def parse_roi(text: str) -> Box:
-    """Parse 'x1,y1,x2,y2' (pixels, x2/y2 exclusive) into a box; ConfigError if malformed or empty.
-
-    Whether the box fits inside an image is checked per image by Guard.classify.
-    """
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        x1, y1, x2, y2 = (int(p) for p in parts)
-    except ValueError:
-        raise ConfigError(expected_got("--roi", "4 comma-separated integers x1,y1,x2,y2", repr(text))) from None
-    if min(x1, y1) < 0 or x2 <= x1 or y2 <= y1:
-        raise ConfigError(expected_got("--roi", "0 <= x1 < x2 and 0 <= y1 < y2 (x2, y2 exclusive)", repr(text)))
-    return x1, y1, x2, y2

@@ -1,0 +1,69 @@
+"""MJPEG byte streams: concatenated JPEGs on stdin (`ffmpeg ... -f mjpeg - | edgeguard infer -`) and HTTP
+multipart MJPEG (`multipart/x-mixed-replace`, as IP cameras and `ffmpeg -f mpjpeg` serve it)."""
+
+from __future__ import annotations
+
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+from edge_guard.errors import InputError
+from edge_guard.sources.frame import Frame
+from edge_guard.sources.mjpeg import Broken, split_jpegs
+
+CHUNK = 1 << 16  # 64 KiB reads: a few per 1080p frame
+HTTP_TIMEOUT_S = 5.0  # connect and read timeout; a silent stream counts as lost after it
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    read = getattr(stream, "read1", stream.read)  # read1: what is there, without waiting to fill CHUNK
+    while chunk := read(CHUNK):
+        yield chunk
+
+
+def _frames(items: Iterable[bytes | Broken], source_id: str) -> Iterator[Frame | Broken]:
+    index = 0
+    for item in items:
+        if isinstance(item, Broken):
+            yield item
+            continue
+        yield Frame(index, source_id, time.time(), jpeg=item)
+        index += 1
+
+
+def open_stdin(stream: BinaryIO | None = None) -> Iterator[Frame | Broken]:
+    """JPEG frames from stdin's bytes (or another binary stream), split on their SOI/EOI structure."""
+    stream = stream if stream is not None else sys.stdin.buffer
+    return _frames(split_jpegs(_chunks(stream)), "-")
+
+
+def open_http_mjpeg(url: str, *, timeout: float = HTTP_TIMEOUT_S) -> Iterator[Frame | Broken]:
+    """Connect to an HTTP MJPEG stream now (OSError when it cannot), then yield its frames as they arrive."""
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - http(s) URLs only, checked by caller
+    except urllib.error.URLError as exc:
+        raise OSError(f"{url}: {exc.reason}") from None
+    kind = response.headers.get("Content-Type", "")
+    if not (kind.startswith("multipart/") or kind.startswith("image/jpeg") or kind.startswith("video/x-motion-jpeg")):
+        response.close()
+        raise InputError(f"{url}: expected an MJPEG stream (multipart/x-mixed-replace or image/jpeg), got Content-Type "
+                         f"{kind or 'none'!r}.")
+
+    def frames() -> Iterator[Frame | Broken]:
+        with response:
+            yield from _frames(split_jpegs(_chunks(response)), url)
+
+    return frames()
+
+
+def is_mjpeg_url(url: str, *, timeout: float = HTTP_TIMEOUT_S) -> bool:
+    """Whether an http(s) URL serves MJPEG (else it is left to OpenCV's FFmpeg backend)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            kind = response.headers.get("Content-Type", "")
+    except (urllib.error.URLError, OSError):
+        return True  # unreachable now: the MJPEG opener reports it (and a live source retries)
+    return kind.startswith(("multipart/", "image/jpeg", "video/x-motion-jpeg"))
