@@ -74,7 +74,8 @@ def test_rois_are_clipped_or_skipped_never_the_end_of_the_run(tmp_path, bundle):
     result = _run(path, "--bundle", bundle, "--roi", "0,0,16,16", "--roi", "16, 0, 40, 16", "--roi", "50,0,60,10")
     assert result.exit_code == 0, result.output
     (line,) = _lines(result.stdout)
-    assert [(r["box"], r["class_name"]) for r in line["regions"]] == [([0, 0, 16, 16], "red"), ([16, 0, 32, 16], "green")]
+    assert [(r["box"], r["class_name"]) for r in line["regions"]] == [([0, 0, 16, 16], "red"),
+                                                                      ([16, 0, 32, 16], "green")]
     assert line["skipped_boxes"] == 1 and "boxes skipped 1" in result.stderr
 
 

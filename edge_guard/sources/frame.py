@@ -91,12 +91,13 @@ def decode_frame(frame: Frame, *, scale: int = 1, backend: str = "auto") -> tupl
     if len(data) < 4 or data[:2] != b"\xff\xd8":
         raise FrameError("not_jpeg", f"{len(data)} bytes without a JPEG SOI marker")
     if jpeg.resolve_backend(backend) == "turbojpeg":
-        return _decode_turbo(data, scale)
-    flag = _OPENCV_REDUCED[scale]
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if bgr is None or bgr.ndim != 3:
-        raise FrameError("corrupt", f"{len(data)} bytes that OpenCV cannot decode")
-    return np.ascontiguousarray(bgr[..., ::-1]), []
+        image, warned = _decode_turbo(data, scale)
+    else:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _OPENCV_REDUCED[scale])
+        image, warned = (None if bgr is None or bgr.ndim != 3 else np.ascontiguousarray(bgr[..., ::-1])), []
+    if image is None or image.size == 0:
+        raise FrameError("corrupt", f"{len(data)} bytes that decode to no pixels")
+    return image, warned
 
 
 def _decode_turbo(data: bytes, scale: int) -> tuple[np.ndarray, list[str]]:
