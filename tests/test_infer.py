@@ -241,3 +241,17 @@ def test_parse_roi():
     assert parse_roi(" 1, 2 ,30,40") == (1, 2, 30, 40)
     with pytest.raises(ConfigError, match=r"x1,y1,x2,y2.*3 values"):
         parse_roi("1,2,3")
+
+
+def test_http_mjpeg_stream_through_infer(bundle):
+    from tests.test_sources import _MjpegServer
+
+    server = _MjpegServer([jpeg.encode(solid(c, 16, 16), 90) for c in (RED, BLUE)], per_connection=6)
+    try:
+        result = _run(server.url, "--bundle", bundle, "--max-frames", "4", "--queue-size", "16")
+    finally:
+        server.close()
+    assert result.exit_code == 0, result.output
+    lines = _lines(result.stdout)
+    assert _classes(lines) == [["red"], ["blue"], ["red"], ["blue"]] and lines[0]["source"] == server.url
+    assert "4 frames" in result.stderr
