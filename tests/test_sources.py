@@ -98,8 +98,9 @@ def _write_video(path: Path, colors, size=(64, 48), fourcc="MJPG") -> Path:
     return path
 
 
-def test_video_file_gives_every_frame_in_order_as_rgb(tmp_path):
-    path = _write_video(tmp_path / "clip.avi", [RED, GREEN, BLUE, RED])
+@pytest.mark.parametrize("name, fourcc", [("clip.avi", "MJPG"), ("clip.mp4", "mp4v")])
+def test_video_file_gives_every_frame_in_order_as_rgb(tmp_path, name, fourcc):
+    path = _write_video(tmp_path / name, [RED, GREEN, BLUE, RED], fourcc=fourcc)
     assert kind_of(str(path)) == "video"
     with open_source(str(path)) as source:
         frames = list(source)
@@ -209,3 +210,47 @@ def test_live_source_drops_the_oldest_frames_when_the_consumer_is_behind():
 def test_a_live_source_that_cannot_be_opened_is_one_clear_error():
     with pytest.raises(InputError, match="cannot open the stream"):
         LiveSource("http://127.0.0.1:9/none", lambda: open_http_mjpeg("http://127.0.0.1:9/none", timeout=1))
+
+
+class _FakeCapture:
+    """What cv2.VideoCapture returns for a V4L2 camera in MJPEG mode with CONVERT_RGB off: 1-D JPEG buffers."""
+
+    def __init__(self, jpegs):
+        self.jpegs, self.released = list(jpegs), False
+
+    def read(self):
+        if not self.jpegs:
+            return False, None
+        return True, np.frombuffer(self.jpegs.pop(0), np.uint8).reshape(1, -1)
+
+    def get(self, prop):
+        return 0.0
+
+    def release(self):
+        self.released = True
+
+
+def test_camera_raw_mjpeg_buffers_become_jpeg_frames_and_a_lost_camera_raises():
+    from edge_guard.sources.capture import _frames
+
+    data = _jpegs(2)
+    cap = _FakeCapture(data)
+    frames = _frames(cap, "/dev/video0", file=False)
+    got = [next(frames), next(frames)]
+    assert [f.jpeg for f in got] == data and got[0].image is None and got[0].source_id == "/dev/video0"
+    with pytest.raises(OSError, match="stream lost"):
+        next(frames)  # a live capture that stops delivering is lost (the live source then reconnects)
+    assert cap.released
+
+
+def test_status_line_only_on_a_terminal():
+    from edge_guard.output import StatusLine
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    StatusLine(stream=tty, every=0).update("12 frames  30.0 fps")
+    StatusLine(stream=pipe, every=0).update("12 frames")
+    assert tty.getvalue() == "\r12 frames  30.0 fps" and pipe.getvalue() == ""
