@@ -15,7 +15,8 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,8 @@ MANIFEST_NAME = "manifest.json"
 ENV_BUNDLE = "EDGEGUARD_BUNDLE"
 
 _CHUNK = 1 << 20  # 1 MiB: hash large ONNX files without loading them whole
+MAX_MANIFEST_BYTES = 4 << 20  # a real manifest is a few KiB; refuse what could exhaust a small board
+MAX_MANIFEST_DEPTH = 32  # the schema nests 4 deep; metrics a few more
 _FIX_HASH = "The file is corrupt or was modified: re-export the bundle (edgeguard export) or re-download it."
 _FIX_KEY = "Add it to manifest.json, or re-export the bundle."
 
@@ -87,6 +90,8 @@ class Bundle:
     root: Path
     manifest: Manifest
     manifest_sha256: str = ""  # of manifest.json's bytes as loaded: names exactly what produced a result
+    signed_by: str | None = None  # the id of the trusted key whose signature verified (None: not checked)
+    blobs: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)  # file -> verified bytes
 
     # the manifest's fields, read through (bundle.classes, bundle.defense, bundle.members, ...)
     name = _manifest_field("name")
@@ -207,18 +212,35 @@ def _bundle_files(bundle: Bundle) -> list[tuple[str, str, str]]:
     return files
 
 
-def verify_files(bundle: Bundle, *, hashes: bool = True) -> None:
-    """Check every listed file exists (and, with hashes=True, matches its sha256)."""
+def _inside(root: Path, rel: str, key: str) -> Path:
+    """root/rel, refused when it resolves outside the bundle folder (a symlink pointing elsewhere)."""
+    path = root / rel
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise BundleError(expected_got(key, "a file inside the bundle folder", f"{rel} -> {path.resolve()}",
+                                       "A member may not be a link to a model outside the bundle: copy it in."))
+    return path
+
+
+def verify_files(bundle: Bundle, *, hashes: bool = True) -> dict[str, bytes]:
+    """Check every listed file exists inside the bundle (and, with hashes=True, matches its sha256).
+
+    Returns relative file -> the bytes that were hashed (with hashes=True), so sessions are made from
+    exactly what was checked and a file swapped on disk afterwards changes nothing.
+    """
+    blobs: dict[str, bytes] = {}
     for key, rel, expected in _bundle_files(bundle):
-        path = bundle.root / rel
+        path = _inside(bundle.root, rel, key)
         if not path.is_file():
             raise BundleError(expected_got(key, f"an existing file {path}", "no such file",
                                            "Copy the whole bundle directory, or re-export it."))
         if hashes:
-            got = sha256_file(path)
+            data = path.read_bytes()
+            got = hashlib.sha256(data).hexdigest()
             if got != expected:
                 raise BundleError(f"{path}: sha256 mismatch: manifest says {expected}, file has {got} "
-                                  f"({path.stat().st_size} bytes). {_FIX_HASH}")
+                                  f"({len(data)} bytes). {_FIX_HASH}")
+            blobs[rel] = data
+    return blobs
 
 
 def _manifest_path(path: str | Path) -> Path:
@@ -231,15 +253,26 @@ def _manifest_path(path: str | Path) -> Path:
     return p
 
 
-def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Load and validate a bundle from its directory (or its manifest.json).
+def _depth(data: Any) -> int:
+    """Nesting depth of JSON data, without recursion (a hostile manifest may nest thousands deep)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_MANIFEST_DEPTH:
+            break
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
-    verify=True checks the sha256 of every member and fused file; files must exist either way.
-    Raises BundleError on any schema, consistency, missing-file or hash problem.
-    """
-    manifest = _manifest_path(path)
+
+def _read_manifest(manifest: Path) -> tuple[bytes, Any]:
+    size = manifest.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise BundleError(expected_got(str(manifest), f"a manifest of at most {MAX_MANIFEST_BYTES >> 20} MiB",
+                                       f"{size} bytes", "This is not a bundle manifest; re-export the bundle."))
+    raw = manifest.read_bytes()
     try:
-        raw = manifest.read_bytes()
         data = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
         where = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -247,10 +280,37 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
                                        "Fix the file or re-export the bundle.")) from None
     except UnicodeDecodeError:
         raise BundleError(expected_got(str(manifest), "UTF-8 JSON text", "undecodable bytes")) from None
-    bundle = dataclasses.replace(bundle_from_dict(data, manifest.parent.resolve()),
-                                 manifest_sha256=hashlib.sha256(raw).hexdigest())
-    verify_files(bundle, hashes=verify)
-    return bundle
+    except RecursionError:
+        raise BundleError(expected_got(str(manifest), f"JSON nested at most {MAX_MANIFEST_DEPTH} deep",
+                                       "deeper nesting")) from None
+    if _depth(data) > MAX_MANIFEST_DEPTH:
+        raise BundleError(expected_got(str(manifest), f"JSON nested at most {MAX_MANIFEST_DEPTH} deep",
+                                       "deeper nesting", "This is not a bundle manifest; re-export the bundle."))
+    return raw, data
+
+
+def load_bundle(path: str | Path, *, verify: bool = True, trusted_keys: Sequence[Any] | None = None,
+                require_signed: bool = False) -> Bundle:
+    """Load and validate a bundle from its directory (or its manifest.json).
+
+    verify=True checks the sha256 of every member and fused file (and keeps the checked bytes for the
+    sessions); files must exist, inside the folder, either way. trusted_keys (public key files or
+    loaded keys) / require_signed: the manifest must carry an ed25519 signature by one of them
+    (`edge_guard.signing`). Raises BundleError on any size, schema, consistency, file, hash or signature problem.
+    """
+    manifest = _manifest_path(path)
+    raw, data = _read_manifest(manifest)
+    root = manifest.parent.resolve()
+    bundle = bundle_from_dict(data, root)
+    signed_by = None
+    if trusted_keys is not None or require_signed:
+        from edge_guard.signing import check_signature, read_public_keys
+
+        keys = [k if not isinstance(k, (str, Path)) else read_public_keys([k])[0] for k in (trusted_keys or [])]
+        signed_by = check_signature(root, raw, keys)
+    blobs = verify_files(bundle, hashes=verify)
+    return dataclasses.replace(bundle, manifest_sha256=hashlib.sha256(raw).hexdigest(), signed_by=signed_by,
+                               blobs=blobs)
 
 
 def write_manifest(bundle_dir: str | Path, manifest: Manifest | dict[str, Any]) -> Path:

@@ -479,6 +479,10 @@ def infer(
         None, "--max-reconnects", min=0, help="Live sources: reconnect attempts in a row before giving up "
                                               "(default: forever)."),
     status: bool = typer.Option(True, "--status/--no-status", help="A live status line on stderr (terminals only)."),
+    trusted_key: list[str] = typer.Option(
+        [], "--trusted-key", help="A public key (edgeguard keygen) whose signature the bundle must carry; repeatable."),
+    require_signed: bool = typer.Option(
+        False, "--require-signed", help="Refuse a bundle that is not signed by a --trusted-key (for deployment)."),
 ) -> None:
     """Classify the frames of a video, camera, stream or images; one JSON line per frame (schema edgeguard.infer/1).
 
@@ -499,7 +503,8 @@ def infer(
         min_confidence=min_confidence, suspect_below=suspect_below, output=output, append=append,
         annotate=annotate, max_frames=max_frames, recursive=recursive,
         camera=CameraSettings(size[0] if size else None, size[1] if size else None, camera_fps, camera_fourcc or None),
-        queue_size=queue_size, max_reconnects=max_reconnects, status=status)
+        queue_size=queue_size, max_reconnects=max_reconnects, status=status, trusted_keys=tuple(trusted_key),
+        require_signed=require_signed or bool(trusted_key))
     for line in run_infer(options).lines():
         typer.echo(line, err=True)
 
@@ -544,6 +549,53 @@ def bench(
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         typer.echo(f"wrote {json_out}")
+
+
+@app.command()
+@friendly_errors
+def keygen(
+    out: str = typer.Option("keys", "--out", "-o", help="Folder for edgeguard.key (private, 0600) and edgeguard.pub."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a key already in --out."),
+) -> None:
+    """Make an ed25519 key pair for signing bundles. Keep edgeguard.key secret; devices get edgeguard.pub.
+
+    Example: edgeguard keygen --out keys/
+    """
+    from edge_guard.signing import generate_keys
+
+    keys = generate_keys(out, overwrite=overwrite)
+    typer.echo(f"wrote {keys.private} (private: keep it secret) and {keys.public} (key id {keys.key_id})")
+
+
+@app.command()
+@friendly_errors
+def sign(
+    bundle: str = typer.Argument(..., help="Bundle directory to sign (it must load and verify)."),
+    key: str = typer.Option(..., "--key", help="Private key from edgeguard keygen."),
+) -> None:
+    """Sign a bundle: an ed25519 signature over manifest.json, which pins the sha256 of every file.
+
+    Example: edgeguard sign export/gtsrb-shield --key keys/edgeguard.key
+    """
+    from edge_guard.signing import sign_bundle
+
+    typer.echo(f"wrote {sign_bundle(bundle, key)}")
+
+
+@app.command()
+@friendly_errors
+def verify(
+    bundle: str = typer.Argument(..., help="Bundle directory."),
+    pubkey: list[str] = typer.Option(..., "--pubkey", help="Trusted public key; repeatable."),
+) -> None:
+    """Check a bundle's signature and every file's sha256; exit 2 with one line when anything does not match.
+
+    Example: edgeguard verify export/gtsrb-shield --pubkey keys/edgeguard.pub
+    """
+    from edge_guard.signing import verify_bundle
+
+    key_id = verify_bundle(bundle, pubkey)
+    typer.echo(f"{bundle}: signature by key {key_id} verified, every file's sha256 matches")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -185,9 +184,9 @@ class Engine:
                 setattr(options, attr, value)
         fused = bundle.fused if self.use_fused else None
         if fused is not None:
-            self._sessions = [self._open(bundle.root / fused.file, options, "member_logits", strict)]
+            self._sessions = [self._open(bundle, fused.file, options, "member_logits", strict)]
         else:
-            self._sessions = [self._open(bundle.member_path(m), options, "logits", strict) for m in bundle.members]
+            self._sessions = [self._open(bundle, m.file, options, "logits", strict) for m in bundle.members]
         self.active_providers: tuple[str, ...] = tuple(self._sessions[0].get_providers())
         # A fused graph takes [N,3,H,W] (shared input) or [M,N,3,H,W] (per-member input).
         self.fused_per_member = self.use_fused and len(self._sessions[0].get_inputs()[0].shape) == 5
@@ -195,10 +194,15 @@ class Engine:
                     "fused graph" if self.use_fused else f"{len(self._sessions)} member sessions",
                     ", ".join(self.active_providers))
 
-    def _open(self, path: Path, options: ort.SessionOptions, output: str, strict: bool) -> ort.InferenceSession:
-        """Create one session, check its input/output names, and verify the provider that runs."""
+    def _open(self, bundle: Bundle, rel: str, options: ort.SessionOptions, output: str,
+              strict: bool) -> ort.InferenceSession:
+        """Create one session from the bytes load_bundle verified (the file when hashes were not checked),
+        check its input/output names and input shape, and verify the provider that runs."""
+        path = bundle.root / rel
+        model = bundle.blobs.get(rel)
         try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=self.requested_providers)
+            session = ort.InferenceSession(model if model is not None else str(path), sess_options=options,
+                                           providers=self.requested_providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs/providers
             raise BundleError(f"{path}: onnxruntime could not load it ({type(exc).__name__}: {exc}). "
                               "Re-export the bundle, or check the requested providers.") from exc
@@ -207,6 +211,11 @@ class Engine:
         if inputs != ["input"] or output not in outputs:
             raise BundleError(expected_got(str(path), f"input 'input' and output {output!r}",
                                            f"inputs {inputs}, outputs {outputs}", "Re-export the bundle."))
+        shape = list(session.get_inputs()[0].shape)
+        want = [3, bundle.input.height, bundle.input.width]
+        if len(shape) not in (4, 5) or any(isinstance(d, int) and d != w for d, w in zip(shape[-3:], want)):
+            raise BundleError(expected_got(f"{path.name} input shape", f"[N, {want[0]}, {want[1]}, {want[2]}] as the "
+                                           "manifest's input says", shape, "Re-export the bundle."))
         active = list(session.get_providers())
         expected = self.requested_providers[0]
         if not active or active[0] != expected:

@@ -193,15 +193,19 @@ class Guard:
         warn_codec_mismatch: bool = True,
         strict_providers: bool = True,
         verify: bool = True,
+        trusted_keys: Sequence[Any] | None = None,
+        require_signed: bool = False,
     ) -> Guard:
         """Load a bundle (None: the shipped default) and open its sessions.
 
         providers: ordered execution providers, e.g. ["tensorrt", "cuda", "cpu"] (default ["cpu"]).
         threads: onnxruntime intra-op threads (None: onnxruntime's choice). use_fused: None uses the
         fused graph when the bundle has one. seed: seeds the SLQ generator. backend: JPEG backend
-        ("auto", "turbojpeg", "opencv"). verify: check every file's sha256.
+        ("auto", "turbojpeg", "opencv"). verify: check every file's sha256. trusted_keys (public key files) /
+        require_signed: refuse a bundle that is not signed by one of them (`edge_guard.signing`).
         """
-        bundle = load_bundle(default_bundle_path() if path is None else path, verify=verify)
+        bundle = load_bundle(default_bundle_path() if path is None else path, verify=verify,
+                             trusted_keys=trusted_keys, require_signed=require_signed)
         engine = Engine(bundle, providers=providers, intra_op_threads=threads, use_fused=use_fused,
                         strict=strict_providers)
         return cls(bundle, engine, seed=seed, backend=backend, warn_codec_mismatch=warn_codec_mismatch)

@@ -49,6 +49,8 @@ class InferOptions:
     queue_size: int = 2
     max_reconnects: int | None = None
     status: bool = True
+    trusted_keys: tuple[str, ...] = ()  # public key files; with require_signed, the bundle must be signed by one
+    require_signed: bool = False
 
 
 @dataclass
@@ -135,7 +137,8 @@ def run_infer(options: InferOptions) -> InferSummary:
     if options.output:
         check_output_path(options.output, append=options.append)
     guard = Guard.from_bundle(options.bundle, providers=list(options.providers), threads=options.threads,
-                              seed=options.seed)
+                              seed=options.seed, trusted_keys=list(options.trusted_keys) or None,
+                              require_signed=options.require_signed)
     regions = _regions(options)
     annotator = Annotator(options.annotate) if options.annotate else None
     source = open_source(options.sources, recursive=options.recursive, camera=options.camera,
