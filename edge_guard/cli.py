@@ -157,19 +157,25 @@ VAL_EVERY_HELP = ("Validate after every N-th epoch and after the last; best.pt i
 
 @app.command()
 @friendly_errors
-def doctor(as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
-    """Check this machine: versions, JPEG codec backend and libjpeg-turbo version, onnxruntime providers.
+def doctor(
+    bundle: str | None = typer.Option(None, "--bundle", help="Bundle to self-check (default: the shipped one)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check this machine: versions, JPEG codec backend and libjpeg-turbo version, onnxruntime providers, and a
+    self-check of the bundle (hashes verified, one image classified). Exits 1 when the bundle fails.
 
     Example: edgeguard doctor --json
     """
     from edge_guard.doctor import environment_report
 
-    report = environment_report()
+    report = environment_report(bundle)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
-        return
-    for key, value in report.items():
-        typer.echo(f"{key:>22}: {value}")
+    else:
+        for key, value in report.items():
+            typer.echo(f"{key:>22}: {value}")
+    if not report["ok"]:
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -352,8 +358,11 @@ def vaccinate(
                    if adversarial_eps else None)
     measured_at = None if eval_qualities is None else parse_qualities_or_none(eval_qualities, "--eval-qualities")
 
+    if not qualities.strip():
+        raise ConfigError(expected_got("--qualities", "comma-separated JPEG qualities like 20,40,60,80, or none "
+                                       "(only the SLQ member)", "''"))
     result = vaccinate_members(
-        base, data=data, qualities=parse_int_list(qualities, "--qualities"), slq=slq,
+        base, data=data, qualities=parse_qualities_or_none(qualities, "--qualities"), slq=slq,
         epochs=epochs, shared_epochs=shared_epochs, val_every=val_every, lr=lr, adversarial=adversarial,
         num_threads=threads, device=device, subsampling=subsampling.value, backend=backend.value, out_dir=out, resume=resume,
         cache_dir=cache_dir, echo=typer.echo, eval_qualities=measured_at)
@@ -479,6 +488,9 @@ def infer(
         None, "--max-reconnects", min=0, help="Live sources: reconnect attempts in a row before giving up "
                                               "(default: forever)."),
     status: bool = typer.Option(True, "--status/--no-status", help="A live status line on stderr (terminals only)."),
+    max_pixels: int = typer.Option(
+        40_000_000, "--max-pixels", min=1, help="Refuse frames and images whose header promises more pixels "
+                                                "(decompression bombs), before decoding them."),
     trusted_key: list[str] = typer.Option(
         [], "--trusted-key", help="A public key (edgeguard keygen) whose signature the bundle must carry; repeatable."),
     require_signed: bool = typer.Option(
@@ -503,7 +515,8 @@ def infer(
         min_confidence=min_confidence, suspect_below=suspect_below, output=output, append=append,
         annotate=annotate, max_frames=max_frames, recursive=recursive,
         camera=CameraSettings(size[0] if size else None, size[1] if size else None, camera_fps, camera_fourcc or None),
-        queue_size=queue_size, max_reconnects=max_reconnects, status=status, trusted_keys=tuple(trusted_key),
+        queue_size=queue_size, max_reconnects=max_reconnects, status=status, max_pixels=max_pixels,
+        trusted_keys=tuple(trusted_key),
         require_signed=require_signed or bool(trusted_key))
     for line in run_infer(options).lines():
         typer.echo(line, err=True)
@@ -523,7 +536,7 @@ def bench(
         None, "--threads",
         help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
     size: int = typer.Option(64, "--size", help="Side in pixels of the synthetic frames (resized to the model input)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the synthetic frames and SLQ."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed for the synthetic frames and SLQ."),
     compare: str | None = typer.Option(
         None, "--compare",
         help="A second bundle, timed interleaved with the first (ratio printed)."),
@@ -542,6 +555,10 @@ def bench(
     config = BenchConfig(batches=tuple(parse_int_list(batch, "--batch")), iterations=iterations, warmup=warmup,
                          size=size, providers=tuple(p for p in providers.split(",") if p.strip()), threads=threads,
                          seed=seed)
+    if json_out:
+        from edge_guard.output import check_output_path
+
+        check_output_path(json_out, what="--json")  # before the run: a benchmark's results are never lost
     report = run_bench(bundle, config, compare=compare)
     console = Console()
     console.print(report.table())

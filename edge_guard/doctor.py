@@ -16,8 +16,9 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def environment_report() -> dict[str, Any]:
-    """A flat dict of facts about this machine's EdgeGuard runtime. Never imports torch."""
+def environment_report(bundle: str | None = None) -> dict[str, Any]:
+    """A flat dict of facts about this machine's EdgeGuard runtime, with the self-check of `bundle` (None: the
+    shipped default); "ok" is False when the bundle is missing or fails its checks. Never imports torch."""
     import onnxruntime
 
     from edge_guard import jpeg
@@ -40,13 +41,13 @@ def environment_report() -> dict[str, Any]:
         report["libjpeg_turbo"] = info["version"]
     except EdgeGuardError as exc:
         report["jpeg_backend"] = f"none ({exc})"
-    report.update(_self_check())
+    report.update(_self_check(bundle))
     report["torch (train extra)"] = _version("torch")
     return report
 
 
-def _self_check() -> dict[str, Any]:
-    """Load the shipped bundle (hashes verified) and classify one synthetic image through it."""
+def _self_check(path: str | None) -> dict[str, Any]:
+    """Load the bundle (hashes verified) and classify one synthetic image through it."""
     import time
 
     import numpy as np
@@ -55,18 +56,19 @@ def _self_check() -> dict[str, Any]:
     from edge_guard.guard import Guard
 
     try:
-        guard = Guard.from_bundle()
+        guard = Guard.from_bundle(path)
         image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
         guard.classify(image)  # first call pays one-time allocation costs
         start = time.perf_counter()
         pred = guard.classify(image)[0]
         ms = (time.perf_counter() - start) * 1000
     except EdgeGuardError as exc:
-        return {"default_bundle": f"unavailable ({exc})"}
+        return {"bundle": f"FAILED: {exc}", "ok": False}
     bundle = guard.bundle
     return {
-        "default_bundle": (f"{bundle.name}: {len(bundle.members)} members, defense {bundle.defense.kind}, "
-                           "hashes verified"),
+        "ok": True,
+        "bundle": (f"{bundle.name} ({bundle.root}): {len(bundle.members)} members, defense {bundle.defense.kind}, "
+                   "hashes verified"),
         "self_check": f"classified a test image in {ms:.1f} ms on {guard.engine.active_providers[0]} "
                       f"(-> {pred.class_name!r}, votes {list(pred.votes)})",
     }

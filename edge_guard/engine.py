@@ -30,6 +30,7 @@ logger = logging.getLogger("edge_guard")
 _ALIASES = {"trt": "TensorrtExecutionProvider", "directml": "DmlExecutionProvider"}
 _FALLBACK_NAMES = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _SUFFIX = "ExecutionProvider"
+_REMOTE = ("AzureExecutionProvider",)  # listed as available in every build, yet the graph runs on the CPU
 
 
 # ----------------------------------------------------------------------------- providers
@@ -74,6 +75,11 @@ def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
         if not isinstance(name, str):
             raise ConfigError(expected_got("execution provider", "a string", repr(name)))
         canonical = _canonical(name, known)
+        if canonical in _REMOTE:
+            raise ConfigError(expected_got("execution provider", "one that runs the model on this device (tensorrt, "
+                                           "cuda, openvino, cpu, ...)", f"{name!r} ({canonical} sends requests to a "
+                                           "remote endpoint and runs the bundle on the CPU here)",
+                                           "Request cpu explicitly."))
         if canonical not in wanted:
             wanted.append(canonical)
     available = list(ort.get_available_providers())

@@ -114,7 +114,7 @@ def _check_box(box: Any, shape: tuple[int, ...], what: str) -> Box:
     h, w = shape[:2]
     try:
         x1, y1, x2, y2 = (int(round(float(c))) for c in box)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: inf
         raise InputError(expected_got(what, "4 numbers (x1, y1, x2, y2)", repr(box))) from None
     if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
         raise InputError(expected_got(what, f"a non-empty box inside the {w}x{h} image "

@@ -20,7 +20,9 @@ from edge_guard.errors import ConfigError, expected_got
 from edge_guard.guard import Guard
 from edge_guard.output import Annotator, JsonLines, StatusLine, check_output_path
 from edge_guard.regions import Box, Regions
-from edge_guard.sources import CameraSettings, Source, open_source
+from edge_guard.sources import CameraSettings, Source, kind_of, open_source
+from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError
+from edge_guard.sources.images import warn_skip
 from edge_guard.stream import DEFAULT_SUSPECT_BELOW, STAGES, StreamStats, run_stream
 
 
@@ -49,6 +51,7 @@ class InferOptions:
     queue_size: int = 2
     max_reconnects: int | None = None
     status: bool = True
+    max_pixels: int = MAX_PIXELS  # frames and images whose header promises more are refused before decoding
     trusted_keys: tuple[str, ...] = ()  # public key files; with require_signed, the bundle must be signed by one
     require_signed: bool = False
 
@@ -142,7 +145,13 @@ def run_infer(options: InferOptions) -> InferSummary:
     regions = _regions(options)
     annotator = Annotator(options.annotate) if options.annotate else None
     source = open_source(options.sources, recursive=options.recursive, camera=options.camera,
-                         queue_size=options.queue_size, max_reconnects=options.max_reconnects)
+                         queue_size=options.queue_size, max_reconnects=options.max_reconnects,
+                         max_pixels=options.max_pixels)
+    per_file = kind_of(options.sources[0]) == "images"
+
+    def corrupt(frame: Frame, error: FrameError) -> None:
+        if per_file:  # one line per unreadable file; streams are counted only (a flood would hide the summary)
+            warn_skip(frame.source_id, str(error))
     sink = JsonLines(options.output, append=options.append)
     stats, status = StreamStats(), StatusLine(enabled=options.status)
     bundle = guard.bundle
@@ -153,7 +162,8 @@ def run_infer(options: InferOptions) -> InferSummary:
                 for result in run_stream(guard, source, regions, min_confidence=options.min_confidence,
                                          suspect_below=options.suspect_below, stats=stats,
                                          max_frames=options.max_frames, backend=str(guard.backend or "auto"),
-                                         keep_image=annotator is not None):
+                                         keep_image=annotator is not None, max_pixels=options.max_pixels,
+                                         on_corrupt=corrupt):
                     sink.write(result.to_record(bundle.name, bundle.manifest_sha256))
                     if annotator is not None and result.image is not None:
                         annotator.write(result.image, result.regions, result.decode_scale)

@@ -92,10 +92,13 @@ DEFAULT_SLQ_QUALITIES = (20, 40, 60, 80)  # SHIELD's quality set
 # Constrained scalar types; `description` is the "expected ..." phrase of a validation error.
 Quality = Annotated[int, msgspec.Meta(ge=1, le=100, description="an integer in 1..100")]
 Positive = Annotated[int, msgspec.Meta(ge=1, description="an integer >= 1")]
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0, description="a number > 0")]
-NonEmptyStr = Annotated[str, msgspec.Meta(pattern=r"\S", description="a non-empty string")]
+# bounded, so NaN and inf (which Python's json reads from "NaN" and "Infinity") fail the check
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=1e6, description="a number > 0 (finite)")]
+Finite = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6, description="a number (finite)")]
+NonEmptyStr = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
+                                          description="a non-empty string without control characters")]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex digits (sha256)")]
-RGBTriple = Annotated[tuple[float, float, float], msgspec.Meta(description="3 numbers (one per RGB channel)")]
+RGBTriple = Annotated[tuple[Finite, Finite, Finite], msgspec.Meta(description="3 numbers (one per RGB channel)")]
 PositiveTriple = Annotated[tuple[PositiveFloat, PositiveFloat, PositiveFloat],
                            msgspec.Meta(description="3 numbers > 0 (one per RGB channel)")]
 

@@ -14,7 +14,7 @@ by reason and skipped; a box that does not fit is clipped, or skipped and counte
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from edge_guard.errors import ConfigError, expected_got
 from edge_guard.guard import Guard
 from edge_guard.regions import Box, Regions, center_square, clip_box
 from edge_guard.sources.base import Source
-from edge_guard.sources.frame import Frame, FrameError, dct_scale, decode_frame, jpeg_size
+from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError, dct_scale, decode_frame, jpeg_size
 
 SCHEMA = "edgeguard.infer/1"  # the JSON-lines record version; bump when a field changes meaning
 STAGES = ("decode", "crop", "defense", "inference", "vote", "total")
@@ -159,12 +159,12 @@ def _scale_for(frame: Frame, regions: Regions, need: tuple[int, int], allow: boo
 
 def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confidence: float = 0.0,
                    suspect_below: float = DEFAULT_SUSPECT_BELOW, dct_scaling: bool = True,
-                   backend: str = "auto", keep_image: bool = False) -> FrameResult:
+                   backend: str = "auto", keep_image: bool = False, max_pixels: int = MAX_PIXELS) -> FrameResult:
     """Decode one frame, cut its regions and classify them. Raises FrameError when it does not decode."""
     t0 = time.perf_counter()
     need = (guard.bundle.input.height, guard.bundle.input.width)
     scale = _scale_for(frame, regions, need, dct_scaling)
-    image, warnings = decode_frame(frame, scale=scale, backend=backend)
+    image, warnings = decode_frame(frame, scale=scale, backend=backend, max_pixels=max_pixels)
     t1 = time.perf_counter()
     boxes, scores, skipped = _boxes(frame, image, regions, scale)
     preds = guard.classify(image, rois=[boxes]) if boxes else []
@@ -188,9 +188,11 @@ def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confiden
 def run_stream(guard: Guard, source: Source, regions: Regions | None = None, *, min_confidence: float = 0.0,
                suspect_below: float = DEFAULT_SUSPECT_BELOW, stats: StreamStats | None = None,
                max_frames: int | None = None, dct_scaling: bool = True, backend: str = "auto",
-               keep_image: bool = False) -> Iterator[FrameResult]:
+               keep_image: bool = False, max_pixels: int = MAX_PIXELS,
+               on_corrupt: Callable[[Frame, FrameError], None] | None = None) -> Iterator[FrameResult]:
     """Classify every frame of `source` (see the module docstring); frames that do not decode are counted in
-    stats.corrupt and skipped. The source is closed when the iteration ends, is closed, or fails."""
+    stats.corrupt and skipped (on_corrupt(frame, error) is told). max_pixels: frames whose header promises more
+    are refused before decoding. The source is closed when the iteration ends, is closed, or fails."""
     _check_thresholds(min_confidence, suspect_below)
     regions = regions or Regions.center()
     stats = stats if stats is not None else StreamStats()
@@ -199,9 +201,11 @@ def run_stream(guard: Guard, source: Source, regions: Regions | None = None, *, 
             try:
                 result = classify_frame(guard, frame, regions, min_confidence=min_confidence,
                                         suspect_below=suspect_below, dct_scaling=dct_scaling, backend=backend,
-                                        keep_image=keep_image)
+                                        keep_image=keep_image, max_pixels=max_pixels)
             except FrameError as exc:
                 stats.corrupt[exc.reason] = stats.corrupt.get(exc.reason, 0) + 1
+                if on_corrupt is not None:
+                    on_corrupt(frame, exc)
                 continue
             stats.add(result)
             yield result

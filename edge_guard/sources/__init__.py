@@ -22,7 +22,7 @@ from pathlib import Path
 from edge_guard.errors import InputError, expected_got
 from edge_guard.sources.base import LiveSource, Source, SourceStats, StreamSource
 from edge_guard.sources.capture import CameraSettings, open_camera, open_stream_url, open_video_file
-from edge_guard.sources.frame import Frame, FrameError, decode_frame
+from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError, decode_frame
 from edge_guard.sources.images import GLOB_CHARS, IMAGE_SUFFIXES, open_images
 from edge_guard.sources.pipes import is_mjpeg_url, open_http_mjpeg, open_stdin
 
@@ -54,7 +54,8 @@ def kind_of(spec: str) -> str:
 
 
 def open_source(specs: str | Sequence[str], *, recursive: bool = False, camera: CameraSettings = CameraSettings(),
-                queue_size: int = 2, max_reconnects: int | None = None, backoff: float = 0.5) -> Source:
+                queue_size: int = 2, max_reconnects: int | None = None, backoff: float = 0.5,
+                max_pixels: int = MAX_PIXELS) -> Source:
     """Open what `specs` names (one spec, or several image paths/folders/globs); see the module table.
 
     Raises InputError when it does not exist or cannot be opened at all.
@@ -82,4 +83,4 @@ def open_source(specs: str | Sequence[str], *, recursive: bool = False, camera: 
     if kind == "video":
         return StreamSource(spec, lambda: open_video_file(spec))
     return StreamSource(specs[0] if len(specs) == 1 else f"{len(specs)} paths",
-                        lambda: open_images(specs, recursive=recursive))
+                        lambda: open_images(specs, recursive=recursive, max_pixels=max_pixels))

@@ -12,6 +12,7 @@ and its warning is returned to be counted rather than printed raw.
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from edge_guard import jpeg
 from edge_guard.errors import EdgeGuardError
 
 DCT_SCALES = (8, 4, 2, 1)  # libjpeg's power-of-two IDCT scales, largest first
+MAX_PIXELS = 40_000_000  # per frame: above 8K (33 MP), far below what exhausts a 4 GB board (120 MB decoded)
 _OPENCV_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                    8: cv2.IMREAD_REDUCED_COLOR_8}
 _warnings_lock = threading.Lock()  # warnings.catch_warnings swaps process-wide state
@@ -68,6 +70,41 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, without decoding: JPEG, PNG, BMP, PPM/PGM and WebP;
+    None when the format is not one of them or the header is cut short."""
+    head = data[:64]
+    if head[:2] == b"\xff\xd8":
+        return jpeg_size(data)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head[:2] == b"BM" and len(head) >= 26:
+        return abs(int.from_bytes(head[18:22], "little", signed=True)), abs(int.from_bytes(head[22:26], "little",
+                                                                                            signed=True))
+    if head[:2] in (b"P5", b"P6"):
+        fields = re.sub(rb"#[^\n]*", b" ", head[2:]).split()
+        return (int(fields[0]), int(fields[1])) if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit() \
+            else None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        chunk = head[12:16]
+        if chunk == b"VP8X":
+            return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+        if chunk == b"VP8 ":
+            return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+        if chunk == b"VP8L":
+            bits = int.from_bytes(head[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+def check_pixels(size: tuple[int, int] | None, max_pixels: int, what: str) -> None:
+    """FrameError("too_large") when a header promises more than max_pixels (a decompression bomb: a few KB
+    of file claiming 60000x60000 pixels, gigabytes once decoded)."""
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise FrameError("too_large", f"{what}: {size[0]}x{size[1]} pixels, more than the cap of {max_pixels:,} "
+                                      "(--max-pixels)")
+
+
 def dct_scale(width: int, height: int, boxes: Sequence[tuple[int, int, int, int]] | None, need: tuple[int, int],
               allowed: Sequence[int] = DCT_SCALES) -> int:
     """The largest DCT scale (8, 4, 2 or 1) at which every box (full-frame pixels; None: the centre square)
@@ -80,16 +117,19 @@ def dct_scale(width: int, height: int, boxes: Sequence[tuple[int, int, int, int]
     return next((s for s in sorted(allowed, reverse=True) if short // s >= side), 1)
 
 
-def decode_frame(frame: Frame, *, scale: int = 1, backend: str = "auto") -> tuple[np.ndarray, list[str]]:
+def decode_frame(frame: Frame, *, scale: int = 1, backend: str = "auto",
+                 max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, list[str]]:
     """A frame's pixels as uint8 RGB, decoded at 1/scale for JPEG frames. Returns (image, libjpeg warnings).
 
-    Raises FrameError("corrupt", ...) when the data does not decode at all.
+    Raises FrameError("corrupt", ...) when the data does not decode at all, FrameError("too_large") when its
+    header promises more than max_pixels (checked before decoding).
     """
     if frame.image is not None:
         return frame.image, []
     data = frame.jpeg or b""
     if len(data) < 4 or data[:2] != b"\xff\xd8":
         raise FrameError("not_jpeg", f"{len(data)} bytes without a JPEG SOI marker")
+    check_pixels(jpeg_size(data), max_pixels, frame.source_id)
     if jpeg.resolve_backend(backend) == "turbojpeg":
         image, warned = _decode_turbo(data, scale)
     else:

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from edge_guard.errors import InputError, expected_got
-from edge_guard.sources.frame import Frame
+from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError, check_pixels, image_size, jpeg_size
 from edge_guard.sources.mjpeg import Broken
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
@@ -63,8 +63,9 @@ def list_image_files(paths: Sequence[str | Path], *, recursive: bool = False) ->
     return files
 
 
-def read_image(path: str | Path) -> np.ndarray | None:
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
     """Decode one image file to HxWx3 uint8 RGB (gray repeated, alpha dropped); None if it does not decode.
+    FrameError("too_large") when its header promises more than max_pixels (checked before decoding).
 
     np.fromfile + cv2.imdecode rather than cv2.imread: works for non-ASCII paths on every platform.
     """
@@ -74,14 +75,19 @@ def read_image(path: str | Path) -> np.ndarray | None:
         return None
     if buf.size == 0:
         return None
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    check_pixels(image_size(buf[:64].tobytes()) if buf[:2].tobytes() != b"\xff\xd8" else jpeg_size(buf.tobytes()),
+                 max_pixels, str(path))
+    try:
+        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS), unsupported variants
+        return None
     if bgr is None or bgr.ndim != 3 or bgr.shape[0] == 0 or bgr.shape[1] == 0:
         return None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def open_images(paths: Sequence[str | Path], *, recursive: bool = False,
-                on_skip: SkipHandler | None = warn_skip) -> Iterator[Frame | Broken]:
+def open_images(paths: Sequence[str | Path], *, recursive: bool = False, on_skip: SkipHandler | None = warn_skip,
+                max_pixels: int = MAX_PIXELS) -> Iterator[Frame | Broken]:
     """Frames (source_id: the file path, image: HxWx3 uint8 RGB) of each readable image; a Broken
     ("unreadable") for each file that does not decode, after on_skip(path, reason) (default: a warning line).
     Paths are checked now (InputError); files are decoded lazily."""
@@ -89,7 +95,20 @@ def open_images(paths: Sequence[str | Path], *, recursive: bool = False,
 
     def generate() -> Iterator[Frame | Broken]:
         for index, path in enumerate(files):
-            image = read_image(path)
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = b""
+            if data[:3] == b"\xff\xd8\xff":  # JPEG: decoded by the frame loop (DCT scale, libjpeg warnings counted)
+                yield Frame(index, str(path), time.time(), jpeg=data)
+                continue
+            try:
+                image = read_image(path, max_pixels)
+            except FrameError as exc:
+                if on_skip is not None:
+                    on_skip(str(path), str(exc))
+                yield Broken(exc.reason, len(data))
+                continue
             if image is None:
                 if on_skip is not None:
                     on_skip(str(path), "not a readable image (corrupt, truncated or unsupported)")

@@ -77,7 +77,9 @@ def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise ConfigError(f"cannot read checkpoint {path}: {exc.__class__.__name__}: {exc}") from None
+        raise ConfigError(expected_got(f"checkpoint {path}", "a .pt file written by edgeguard train or vaccinate",
+                                       f"a file torch cannot read ({exc.__class__.__name__})",
+                                       "Pass the run's best.pt, e.g. runs/gtsrb-base/best.pt.")) from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ConfigError(expected_got(f"checkpoint {path}", f"keys {list(REQUIRED_KEYS)}", f"missing {missing}"))

@@ -86,6 +86,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None, *, cache_dir: str
     module docstring for the files written to config.out_dir.
     """
     set_threads(config.num_threads)
+    if config.resume and not (Path(config.out_dir) / "last.pt").is_file():
+        raise ConfigError(expected_got("--resume", f"a run to continue in {config.out_dir} (last.pt)", "none",
+                                       "Drop --resume to start a new run, or pass the --out of the run to continue."))
     if dataset is None:
         if not config.data:
             raise ConfigError(expected_got("data", "a dataset folder (--data PATH)", "nothing"))

@@ -116,6 +116,8 @@ def vaccinate(
         raise ConfigError(expected_got("members", "at least one quality or --slq", "none"))
     if not all(1 <= q <= 100 for q in qualities):
         raise ConfigError(expected_got("--qualities", "JPEG qualities in 1..100", qualities))
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(expected_got("--epochs", "an integer >= 1 (fine-tuning epochs per member)", epochs))
     if not 0 <= shared_epochs < epochs:
         raise ConfigError(expected_got("--shared-epochs", f"0..{epochs - 1} (fewer than --epochs {epochs})",
                                        shared_epochs))
