@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import typer
 import typer.core
 
-from edge_guard.errors import ConfigError, EdgeGuardError, expected_got
+from edge_guard.errors import ConfigError, EdgeGuardError, expected_got, printable
 from edge_guard.spec import BackendChoice, Precision, Subsampling, VoteRule
 from edge_guard.training.choices import BpdaBackward, DefenseChoice, Exporter, RoiMode, Split
 
@@ -82,7 +82,7 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except EdgeGuardError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {printable(str(exc))}", err=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]

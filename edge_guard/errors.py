@@ -36,6 +36,12 @@ class DataError(EdgeGuardError):
 
 
 def expected_got(what: str, expected: object, got: object, fix: str = "") -> str:
-    """Format the standard error message: `what: expected X, got Y. fix`."""
+    """Format the standard error message: `what: expected X, got Y. fix` (control characters escaped)."""
     msg = f"{what}: expected {expected}, got {got}."
-    return f"{msg} {fix}" if fix else msg
+    return printable(f"{msg} {fix}" if fix else msg)
+
+
+def printable(text: str) -> str:
+    """`text` with control and other non-printable characters escaped, so data echoed in a message cannot
+    move the cursor, recolour the terminal or forge another line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

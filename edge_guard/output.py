@@ -48,12 +48,21 @@ class JsonLines:
         self.count = 0
         self._tmp: Path | None = None
         if self.path is None:
-            self._fh: IO[str] = stream if stream is not None else sys.stdout
-        elif append:
-            self._fh = self.path.open("a", encoding="utf-8")
-        else:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent)
-            self._tmp, self._fh = Path(tmp), os.fdopen(fd, "w", encoding="utf-8")
+            out = stream if stream is not None else sys.stdout
+            if out is None or getattr(out, "closed", False):
+                raise InputError(expected_got("results", "an open stdout, or --output FILE", "stdout closed",
+                                              "Pass --output FILE, or keep stdout open."))
+            self._fh: IO[str] = out
+            return
+        try:
+            if append:
+                self._fh = self.path.open("a", encoding="utf-8")
+            else:
+                fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent)
+                self._tmp, self._fh = Path(tmp), os.fdopen(fd, "w", encoding="utf-8")
+        except OSError as exc:  # a read-only file system, a full disk
+            raise ConfigError(expected_got("--output", "a writable location",
+                                           f"{self.path} ({exc.strerror or exc})")) from None
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, allow_nan=False)  # a NaN is a bug upstream: fail loudly, never write bad JSON

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 import msgspec.inspect as mi
 
-from edge_guard.errors import EdgeGuardError, expected_got
+from edge_guard.errors import EdgeGuardError, expected_got, printable
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ def explain(message: str, data: Any, type_: Any, fix: str = "", root: str = "") 
         allowed = [f.encode_name for f in _struct(info).fields] if _struct(info) else []
         near = difflib.get_close_matches(key, allowed, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
-        return f"{_join(path, key)}: unknown key; expected one of {', '.join(allowed)}.{hint}"
+        return printable(f"{_join(path, key)}: unknown key; expected one of {', '.join(allowed)}.{hint}")
     if missing := _MISSING.match(message):
         return expected_got(_join(path, missing.group(1)), "a required key", "nothing (key missing)", fix)
     found, value = _value_at(data, steps)
