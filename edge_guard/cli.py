@@ -491,6 +491,9 @@ def infer(
     max_pixels: int = typer.Option(
         40_000_000, "--max-pixels", min=1, help="Refuse frames and images whose header promises more pixels "
                                                 "(decompression bombs), before decoding them."),
+    allow_fallback: bool = typer.Option(
+        False, "--allow-fallback", help="When a requested provider fails to start, run on the next one (logged "
+                                        "loudly) instead of stopping. Default: stop, never a silent CPU fallback."),
     trusted_key: list[str] = typer.Option(
         [], "--trusted-key", help="A public key (edgeguard keygen) whose signature the bundle must carry; repeatable."),
     require_signed: bool = typer.Option(
@@ -516,6 +519,7 @@ def infer(
         annotate=annotate, max_frames=max_frames, recursive=recursive,
         camera=CameraSettings(size[0] if size else None, size[1] if size else None, camera_fps, camera_fourcc or None),
         queue_size=queue_size, max_reconnects=max_reconnects, status=status, max_pixels=max_pixels,
+        allow_fallback=allow_fallback,
         trusted_keys=tuple(trusted_key),
         require_signed=require_signed or bool(trusted_key))
     for line in run_infer(options).lines():

@@ -52,6 +52,7 @@ class InferOptions:
     max_reconnects: int | None = None
     status: bool = True
     max_pixels: int = MAX_PIXELS  # frames and images whose header promises more are refused before decoding
+    allow_fallback: bool = False  # a provider that fails to start: continue on the next one (logged), not stop
     trusted_keys: tuple[str, ...] = ()  # public key files; with require_signed, the bundle must be signed by one
     require_signed: bool = False
 
@@ -140,7 +141,8 @@ def run_infer(options: InferOptions) -> InferSummary:
     if options.output:
         check_output_path(options.output, append=options.append)
     guard = Guard.from_bundle(options.bundle, providers=list(options.providers), threads=options.threads,
-                              seed=options.seed, trusted_keys=list(options.trusted_keys) or None,
+                              seed=options.seed, strict_providers=not options.allow_fallback,
+                              trusted_keys=list(options.trusted_keys) or None,
                               require_signed=options.require_signed)
     regions = _regions(options)
     annotator = Annotator(options.annotate) if options.annotate else None
