@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# The torch for the training half. 2.13.0 is a CPU build where a local wheel of it is provided; elsewhere
+# take the CPU build from PyTorch's CPU index: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: demo test setup setup-dev system-deps clean
 
@@ -27,14 +31,11 @@ $(VENV)/.runtime: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e .
-	@# PyTurboJPEG 2.x needs libjpeg-turbo >= 3.0; on 2.x systems (Debian 12, Ubuntu 24.04, JetPack) use 1.x.
-	@$(BIN)/python -c "import turbojpeg; turbojpeg.TurboJPEG()" 2>/dev/null || \
-		$(BIN)/pip install -q "PyTurboJPEG>=1.7.2,<2"
 	touch $@
 
-# torch==2.13.0 first: it is the CPU build; a looser spec would fetch a multi-GB CUDA build.
+# torch first, as $(TORCH): a looser spec would fetch a multi-GB CUDA build from the default index.
 $(VENV)/.dev: $(VENV)/.runtime
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[train,dev]"
 	@# torchattacks (benchmarks' reference) declares torchvision, which it does not import here.
 	$(BIN)/pip install -q --no-deps torchattacks==3.5.1
