@@ -42,6 +42,7 @@ class BenchConfig:
     providers: tuple[str, ...] = ("cpu",)
     threads: int | None = None
     seed: int = 0
+    trusted_keys: tuple[str, ...] = ()  # public key files: the bundles must be signed by one of them
 
     def check(self) -> None:
         for name, value, lo in (("iterations", self.iterations, 1), ("warmup", self.warmup, 0), ("size", self.size, 1)):
@@ -125,7 +126,8 @@ def run_bench(bundle: str | Path | None = None, config: BenchConfig = BenchConfi
     Returns a BenchReport.
     """
     config.check()
-    opts = dict(providers=list(config.providers), threads=config.threads, seed=config.seed)
+    opts = dict(providers=list(config.providers), threads=config.threads, seed=config.seed,
+                trusted_keys=list(config.trusted_keys) or None)
     guards = {"members": Guard.from_bundle(bundle, use_fused=False, **opts)}  # type: ignore[arg-type]
     if guards["members"].bundle.fused is not None:
         guards = {"fused": Guard.from_bundle(bundle, use_fused=True, **opts), **guards}  # type: ignore[arg-type]

@@ -544,6 +544,8 @@ def bench(
     compare: str | None = typer.Option(
         None, "--compare",
         help="A second bundle, timed interleaved with the first (ratio printed)."),
+    trusted_key: list[str] = typer.Option(
+        [], "--trusted-key", help="Refuse bundles not signed by this public key (edgeguard keygen); repeatable."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the full report to this JSON file."),
 ) -> None:
     """Measure per-stage latency (p50/p90 ms) and images/s of the pipeline; fused graph vs per-member sessions.
@@ -558,7 +560,7 @@ def bench(
 
     config = BenchConfig(batches=tuple(parse_int_list(batch, "--batch")), iterations=iterations, warmup=warmup,
                          size=size, providers=tuple(p for p in providers.split(",") if p.strip()), threads=threads,
-                         seed=seed)
+                         seed=seed, trusted_keys=tuple(trusted_key))
     if json_out:
         from edge_guard.output import check_output_path
 

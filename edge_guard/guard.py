@@ -35,6 +35,7 @@ from edge_guard.errors import BundleError, InputError, expected_got
 from edge_guard.regions import Box
 
 STAGES = ("preprocess", "defense", "inference", "vote", "total")
+MAX_CROPS = 4096  # per classify call: ~12 MB of 32x32 crops, far more than a frame has signs
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,9 @@ class Guard:
         t0 = time.perf_counter()
         imgs, single = _as_images(images)
         crops = _crops(imgs, rois, single)
+        if len(crops) > MAX_CROPS:
+            raise InputError(expected_got("crops per classify call", f"at most {MAX_CROPS}", len(crops),
+                                          "Classify in smaller batches."))
         if not crops:
             return []
         h, w = self.bundle.input.height, self.bundle.input.width

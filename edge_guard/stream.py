@@ -28,6 +28,7 @@ from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError, dct_scale, d
 
 SCHEMA = "edgeguard.infer/1"  # the JSON-lines record version; bump when a field changes meaning
 STAGES = ("decode", "crop", "defense", "inference", "vote", "total")
+MAX_REGIONS = 256  # per frame; boxes past it are skipped and counted (a boxes file cannot stall the loop)
 DEFAULT_SUSPECT_BELOW = 0.6  # agreement: with 5 members, 2 of 5 (0.4) is suspect, 3 of 5 (0.6) is not
 
 
@@ -129,8 +130,8 @@ def _boxes(frame: Frame, image: np.ndarray, regions: Regions, scale: int) -> tup
     else:
         raw = regions.raw_boxes(frame.index, None)
         scores = [None] * len(raw)
-    boxes, kept_scores, skipped = [], [], 0
-    for box, score in zip(raw, scores):
+    boxes, kept_scores, skipped = [], [], max(0, len(raw) - MAX_REGIONS)
+    for box, score in zip(raw[:MAX_REGIONS], scores):
         try:
             scaled = [float(c) / scale for c in box]
         except (TypeError, ValueError):

@@ -331,3 +331,31 @@ def test_hostile_manifest_values_are_bundle_errors(bundle_dir, key, value):
         bundle_from_dict(manifest, bundle_dir)
     except EdgeGuardError as exc:
         assert isinstance(exc, BundleError) and str(exc).isprintable()
+
+
+# ----------------------------------------------------------------------------- batch and region caps
+
+
+def test_too_many_crops_in_one_call_is_an_input_error(guard):
+    from edge_guard.guard import MAX_CROPS
+
+    with pytest.raises(InputError, match=rf"crops per classify call: expected at most {MAX_CROPS}"):
+        guard.classify([solid(RED, 4, 4)] * (MAX_CROPS + 1))
+
+
+def test_a_frame_with_too_many_boxes_is_capped_and_counted(guard):
+    from edge_guard.regions import Regions
+    from edge_guard.stream import MAX_REGIONS
+
+    regions = Regions("file", per_frame={0: [[0, 0, 8, 8]] * (MAX_REGIONS + 44)})
+    frames = [Frame(0, "s", 0.0, image=solid(RED))]
+    (result,) = run_stream(guard, StreamSource("s", lambda: iter(frames)), regions)
+    assert len(result.regions) == MAX_REGIONS and result.skipped_boxes == 44
+
+
+def test_bench_refuses_an_unsigned_bundle_with_a_trusted_key(tmp_path, bundle_dir):
+    from edge_guard.signing import generate_keys
+
+    keys = generate_keys(tmp_path / "k")
+    line = _one_error_line(_run("bench", "--bundle", bundle_dir, "--trusted-key", keys.public, "--iterations", "1"))
+    assert "expected a signed bundle" in line

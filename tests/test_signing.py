@@ -105,6 +105,8 @@ def test_a_member_swapped_on_disk_after_loading_does_not_change_the_sessions(tmp
 
     guard = Guard(bundle, Engine(bundle, intra_op_threads=1))
     assert guard.classify(solid(RED))[0].class_name == "red"  # the verified bytes, not the new files
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        load_bundle(root)  # a reload verifies again and refuses the swapped files
 
 
 def test_cli_keygen_sign_verify(tmp_path):
