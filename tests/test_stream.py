@@ -138,3 +138,17 @@ def test_detector_regions_feed_the_classifier(guard, tmp_path):
     (result,) = guard.run(_jpeg_frames([frame]), regions=regions)
     assert [r.class_name for r in result.regions] == ["red", "green"]
     assert [r.detector_score for r in result.regions] == pytest.approx([0.9, 0.8])
+
+
+def test_latency_percentiles_in_constant_memory():
+    from edge_guard.stream import LatencyHistogram
+
+    samples = np.random.default_rng(0).lognormal(1.5, 0.5, 20000)
+    hist = LatencyHistogram()
+    size = hist.counts.nbytes
+    for ms in samples:
+        hist.add(float(ms))
+    assert hist.counts.nbytes == size and len(hist) == len(samples)  # memory does not grow with the run
+    for q in (50, 95, 99):
+        assert hist.percentile(q) == pytest.approx(np.percentile(samples, q), rel=0.015)
+    assert LatencyHistogram().percentile(50) == 0.0
