@@ -11,6 +11,7 @@ Every ONNX file carries its sha256; a bundle whose files do not match is refused
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -164,7 +165,7 @@ def check_manifest(m: Manifest) -> Manifest:
         raise BundleError(expected_got("format_version", FORMAT_VERSION, m.format_version,
                                        "This bundle needs another edge-guard version; upgrade, or re-export it."))
     if len(set(m.classes)) != len(m.classes):
-        dup = sorted({c for c in m.classes if m.classes.count(c) > 1})
+        dup = sorted(c for c, n in collections.Counter(m.classes).items() if n > 1)
         raise BundleError(expected_got("classes", "unique class names", f"duplicates {dup}"))
     names = [member.name for member in m.members]
     if len(set(names)) != len(names):
@@ -234,7 +235,10 @@ def verify_files(bundle: Bundle, *, hashes: bool = True) -> dict[str, bytes]:
             raise BundleError(expected_got(key, f"an existing file {path}", "no such file",
                                            "Copy the whole bundle directory, or re-export it."))
         if hashes:
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise BundleError(expected_got(key, f"a readable file {path}", exc.strerror or str(exc))) from None
             got = hashlib.sha256(data).hexdigest()
             if got != expected:
                 raise BundleError(f"{path}: sha256 mismatch: manifest says {expected}, file has {got} "
@@ -266,12 +270,26 @@ def _depth(data: Any) -> int:
     return deepest
 
 
-def _read_manifest(manifest: Path) -> tuple[bytes, Any]:
-    size = manifest.stat().st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise BundleError(expected_got(str(manifest), f"a manifest of at most {MAX_MANIFEST_BYTES >> 20} MiB",
-                                       f"{size} bytes", "This is not a bundle manifest; re-export the bundle."))
-    raw = manifest.read_bytes()
+def _read_manifest(manifest: Path, signed_root: Path | None = None,
+                   trusted_keys: Sequence[Any] = ()) -> tuple[bytes, Any, str | None]:
+    """The manifest's bytes, its JSON and the id of the key that signed it (None unless signed_root); size-capped.
+    With signed_root the signature over those bytes is checked before anything parses them, so an unsigned,
+    hostile manifest never reaches the JSON parser or the schema."""
+    try:
+        size = manifest.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise BundleError(expected_got(str(manifest), f"a manifest of at most {MAX_MANIFEST_BYTES >> 20} MiB",
+                                           f"{size} bytes", "This is not a bundle manifest; re-export the bundle."))
+        raw = manifest.read_bytes()
+    except OSError as exc:
+        raise BundleError(expected_got(str(manifest), "a readable file", exc.strerror or str(exc))) from None
+    if signed_root is not None:
+        from edge_guard.signing import check_signature, read_public_keys
+
+        keys = [k if not isinstance(k, (str, Path)) else read_public_keys([k])[0] for k in trusted_keys]
+        signed_by = check_signature(signed_root, raw, keys)
+    else:
+        signed_by = None
     try:
         data = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
@@ -283,10 +301,12 @@ def _read_manifest(manifest: Path) -> tuple[bytes, Any]:
     except RecursionError:
         raise BundleError(expected_got(str(manifest), f"JSON nested at most {MAX_MANIFEST_DEPTH} deep",
                                        "deeper nesting")) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise BundleError(expected_got(str(manifest), "valid JSON", str(exc))) from None
     if _depth(data) > MAX_MANIFEST_DEPTH:
         raise BundleError(expected_got(str(manifest), f"JSON nested at most {MAX_MANIFEST_DEPTH} deep",
                                        "deeper nesting", "This is not a bundle manifest; re-export the bundle."))
-    return raw, data
+    return raw, data, signed_by
 
 
 def load_bundle(path: str | Path, *, verify: bool = True, trusted_keys: Sequence[Any] | None = None,
@@ -299,16 +319,11 @@ def load_bundle(path: str | Path, *, verify: bool = True, trusted_keys: Sequence
     (`edge_guard.signing`). Raises BundleError on any size, schema, consistency, file, hash or signature problem.
     """
     manifest = _manifest_path(path)
-    raw, data = _read_manifest(manifest)
     root = manifest.parent.resolve()
+    signed = trusted_keys is not None or require_signed
+    raw, data, signed_by = _read_manifest(manifest, root if signed else None, trusted_keys or [])
     bundle = bundle_from_dict(data, root)
-    signed_by = None
-    if trusted_keys is not None or require_signed:
-        from edge_guard.signing import check_signature, read_public_keys
-
-        keys = [k if not isinstance(k, (str, Path)) else read_public_keys([k])[0] for k in (trusted_keys or [])]
-        signed_by = check_signature(root, raw, keys)
-    blobs = verify_files(bundle, hashes=verify)
+    blobs = verify_files(bundle, hashes=verify or signed)  # a signature vouches for hashes: they must be checked
     return dataclasses.replace(bundle, manifest_sha256=hashlib.sha256(raw).hexdigest(), signed_by=signed_by,
                                blobs=blobs)
 

@@ -23,7 +23,7 @@ from edge_guard.regions import Box, Regions
 from edge_guard.sources import CameraSettings, Source, kind_of, open_source
 from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError
 from edge_guard.sources.images import warn_skip
-from edge_guard.stream import DEFAULT_SUSPECT_BELOW, STAGES, StreamStats, run_stream
+from edge_guard.stream import DEFAULT_SUSPECT_BELOW, STAGES, StreamStats, check_thresholds, run_stream
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,8 @@ class _Stop:
         return self
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if self.by is not None:  # already stopping: a second Ctrl-C must not cut the cleanup short
+            return
         self.by = signal.Signals(signum).name
         raise KeyboardInterrupt
 
@@ -138,6 +140,7 @@ class _Stop:
 def run_infer(options: InferOptions) -> InferSummary:
     """Run `edgeguard infer` (see the module docstring). Raises EdgeGuardError before any output is written when
     an option, the bundle or the source is wrong."""
+    check_thresholds(options.min_confidence, options.suspect_below)
     if options.output:
         check_output_path(options.output, append=options.append)
     guard = Guard.from_bundle(options.bundle, providers=list(options.providers), threads=options.threads,
@@ -158,26 +161,25 @@ def run_infer(options: InferOptions) -> InferSummary:
     stats, status = StreamStats(), StatusLine(enabled=options.status)
     bundle = guard.bundle
     stop = _Stop()
-    try:
-        with stop:
-            try:
-                for result in run_stream(guard, source, regions, min_confidence=options.min_confidence,
-                                         suspect_below=options.suspect_below, stats=stats,
-                                         max_frames=options.max_frames, backend=str(guard.backend or "auto"),
-                                         keep_image=annotator is not None, max_pixels=options.max_pixels,
-                                         on_corrupt=corrupt):
-                    sink.write(result.to_record(bundle.name, bundle.manifest_sha256))
-                    if annotator is not None and result.image is not None:
-                        annotator.write(result.image, result.regions, result.decode_scale)
-                    status.update(_status_text(stats, source))
-            except KeyboardInterrupt:
-                stop.by = stop.by or "SIGINT"
-    finally:
-        status.clear()
-        source.close()
-        sink.close()
-        if annotator is not None:
-            annotator.close()
+    with stop:  # the handlers stay installed through the cleanup below
+        try:
+            for result in run_stream(guard, source, regions, min_confidence=options.min_confidence,
+                                     suspect_below=options.suspect_below, stats=stats,
+                                     max_frames=options.max_frames, backend=str(guard.backend or "auto"),
+                                     keep_image=annotator is not None, max_pixels=options.max_pixels,
+                                     on_corrupt=corrupt):
+                sink.write(result.to_record(bundle.name, bundle.manifest_sha256))
+                if annotator is not None and result.image is not None:
+                    annotator.write(result.image, result.regions, result.decode_scale)
+                status.update(_status_text(stats, source))
+        except KeyboardInterrupt:
+            stop.by = stop.by or "SIGINT"
+        finally:
+            status.clear()
+            source.close()
+            sink.close()
+            if annotator is not None:
+                annotator.close()
     return InferSummary(bundle.name, guard.engine.active_providers[0], stats, source.stats.to_dict(),
                         str(sink.path) if sink.path else None, sink.count, stop.by,
                         str(annotator.path) if annotator else None)

@@ -55,11 +55,16 @@ def generate_keys(folder: str | Path, *, overwrite: bool = False) -> KeyPair:
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    public_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    try:
+        private_path.unlink(missing_ok=True)  # a fresh file: O_EXCL below gives it mode 0600, never an old mode
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        public_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+    except OSError as exc:
+        raise ConfigError(expected_got("keygen --out", "a writable folder", f"{folder} ({exc.strerror or exc})")) \
+            from None
     return KeyPair(private_path, public_path, key_id(key.public_key()))
 
 
@@ -97,7 +102,10 @@ def sign_bundle(bundle_dir: str | Path, private_key: str | Path) -> Path:
               "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
               "signature": base64.b64encode(key.sign(manifest)).decode()}  # type: ignore[union-attr]
     path = root / SIGNATURE_NAME
-    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    try:
+        path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise BundleError(expected_got("sign", f"a writable bundle folder {root}", exc.strerror or str(exc))) from None
     return path
 
 
@@ -113,17 +121,18 @@ def check_signature(root: Path, manifest: bytes, trusted: Sequence[Ed25519Public
         signature = base64.b64decode(record["signature"], validate=True)
         if record.get("algorithm") != ALGORITHM:
             raise ValueError(f"algorithm {record.get('algorithm')!r}")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise BundleError(expected_got(str(path), "an ed25519 signature record", f"unreadable ({exc})", fix)) from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise BundleError(expected_got(str(path), "an ed25519 signature record",
+                                       f"unreadable ({type(exc).__name__})", fix)) from None
     if not trusted:
         raise BundleError(expected_got("trusted keys", "at least one public key", "none",
                                        "Pass --trusted-key PUB (edgeguard keygen writes edgeguard.pub)."))
     for public in trusted:
         try:
             public.verify(signature, manifest)
-            return key_id(public)
         except InvalidSignature:
             continue
+        return key_id(public)
     ids = ", ".join(key_id(k) for k in trusted)
     raise BundleError(f"{root}: the signature does not verify with any trusted key ({ids}; signed by key "
                       f"{record.get('key_id', '?')}): manifest.json was changed after signing, or another key "

@@ -95,9 +95,10 @@ Positive = Annotated[int, msgspec.Meta(ge=1, description="an integer >= 1")]
 # bounded, so NaN and inf (which Python's json reads from "NaN" and "Infinity") fail the check
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0, le=1e6, description="a number > 0 (finite)")]
 Finite = Annotated[float, msgspec.Meta(ge=-1e6, le=1e6, description="a number (finite)")]
-NonEmptyStr = Annotated[str, msgspec.Meta(pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
+# linear-time patterns (one lookahead, no nested quantifiers); \Z, not $, which would accept a final newline
+NonEmptyStr = Annotated[str, msgspec.Meta(pattern=r"^(?=.*\S)[^\x00-\x1f\x7f]*\Z", max_length=4096,
                                           description="a non-empty string without control characters")]
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$", description="64 lowercase hex digits (sha256)")]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z", description="64 lowercase hex digits (sha256)")]
 RGBTriple = Annotated[tuple[Finite, Finite, Finite], msgspec.Meta(description="3 numbers (one per RGB channel)")]
 PositiveTriple = Annotated[tuple[PositiveFloat, PositiveFloat, PositiveFloat],
                            msgspec.Meta(description="3 numbers > 0 (one per RGB channel)")]

@@ -146,7 +146,8 @@ class StreamStats:
         return self.frames / elapsed if elapsed > 0 else 0.0
 
 
-def _check_thresholds(min_confidence: float, suspect_below: float) -> None:
+def check_thresholds(min_confidence: float, suspect_below: float) -> None:
+    """ConfigError unless both thresholds are numbers in [0, 1]."""
     for name, value in (("--min-confidence", min_confidence), ("--suspect-below", suspect_below)):
         if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
             raise ConfigError(expected_got(name, "a number in [0, 1]", repr(value)))
@@ -227,9 +228,20 @@ def run_stream(guard: Guard, source: Source, regions: Regions | None = None, *, 
     """Classify every frame of `source` (see the module docstring); frames that do not decode are counted in
     stats.corrupt and skipped (on_corrupt(frame, error) is told). max_pixels: frames whose header promises more
     are refused before decoding. The source is closed when the iteration ends, is closed, or fails."""
-    _check_thresholds(min_confidence, suspect_below)
-    regions = regions or Regions.center()
-    stats = stats if stats is not None else StreamStats()
+    try:
+        check_thresholds(min_confidence, suspect_below)  # now, not at the first frame: nothing opened is left open
+    except ConfigError:
+        source.close()
+        raise
+    return _loop(guard, source, regions or Regions.center(), stats if stats is not None else StreamStats(),
+                 min_confidence=min_confidence, suspect_below=suspect_below, max_frames=max_frames,
+                 dct_scaling=dct_scaling, backend=backend, keep_image=keep_image, max_pixels=max_pixels,
+                 on_corrupt=on_corrupt)
+
+
+def _loop(guard: Guard, source: Source, regions: Regions, stats: StreamStats, *, min_confidence: float,
+          suspect_below: float, max_frames: int | None, dct_scaling: bool, backend: str, keep_image: bool,
+          max_pixels: int, on_corrupt: Callable[[Frame, FrameError], None] | None) -> Iterator[FrameResult]:
     try:
         for frame in source:
             try:

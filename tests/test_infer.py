@@ -94,7 +94,7 @@ def test_corrupt_file_is_skipped_and_counted(tmp_path, bundle):
     assert [(r["source"], _classes([r])[0]) for r in lines] == [
         (str(folder / "a_red.png"), ["red"]), (str(folder / "c_green.bmp"), ["green"])]
     assert f"warning: skipped {folder / 'b_broken.jpg'}" in result.stderr
-    assert "2 frames" in result.stderr and "corrupt 1 {'corrupt': 1}" in result.stderr
+    assert "2 frames" in result.stderr and "corrupt 1 {'no_header': 1}" in result.stderr
 
 
 def test_video_file_every_frame_and_annotated_output(tmp_path, bundle):

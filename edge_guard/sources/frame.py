@@ -99,8 +99,11 @@ def image_size(data: bytes) -> tuple[int, int] | None:
 
 def check_pixels(size: tuple[int, int] | None, max_pixels: int, what: str) -> None:
     """FrameError("too_large") when a header promises more than max_pixels (a decompression bomb: a few KB
-    of file claiming 60000x60000 pixels, gigabytes once decoded)."""
-    if size is not None and size[0] * size[1] > max_pixels:
+    of file claiming 60000x60000 pixels, gigabytes once decoded); FrameError("no_header") when the size
+    cannot be read from the header (nothing is decoded whose size is not known first)."""
+    if size is None:
+        raise FrameError("no_header", f"{what}: no image size in the header (JPEG, PNG, BMP, PPM or WebP expected)")
+    if size[0] * size[1] > max_pixels:
         raise FrameError("too_large", f"{what}: {size[0]}x{size[1]} pixels, more than the cap of {max_pixels:,} "
                                       "(--max-pixels)")
 

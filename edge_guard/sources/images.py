@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from edge_guard.errors import InputError, expected_got
-from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError, check_pixels, image_size, jpeg_size
+from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError, check_pixels, image_size
 from edge_guard.sources.mjpeg import Broken
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
@@ -65,20 +65,21 @@ def list_image_files(paths: Sequence[str | Path], *, recursive: bool = False) ->
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
     """Decode one image file to HxWx3 uint8 RGB (gray repeated, alpha dropped); None if it does not decode.
-    FrameError("too_large") when its header promises more than max_pixels (checked before decoding).
-
-    np.fromfile + cv2.imdecode rather than cv2.imread: works for non-ASCII paths on every platform.
-    """
+    FrameError("too_large"/"no_header") when its header promises more than max_pixels or has no size."""
     try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
+        data = Path(path).read_bytes()  # bytes, then cv2.imdecode: non-ASCII paths work on every platform
     except OSError:
         return None
-    if buf.size == 0:
+    return decode_image(data, max_pixels, str(path))
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, what: str = "image") -> np.ndarray | None:
+    """Image file bytes -> HxWx3 uint8 RGB, or None if they do not decode; the header is checked first."""
+    if not data:
         return None
-    check_pixels(image_size(buf[:64].tobytes()) if buf[:2].tobytes() != b"\xff\xd8" else jpeg_size(buf.tobytes()),
-                 max_pixels, str(path))
+    check_pixels(image_size(data), max_pixels, what)
     try:
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS), unsupported variants
         return None
     if bgr is None or bgr.ndim != 3 or bgr.shape[0] == 0 or bgr.shape[1] == 0:
@@ -103,7 +104,7 @@ def open_images(paths: Sequence[str | Path], *, recursive: bool = False, on_skip
                 yield Frame(index, str(path), time.time(), jpeg=data)
                 continue
             try:
-                image = read_image(path, max_pixels)
+                image = decode_image(data, max_pixels, str(path))
             except FrameError as exc:
                 if on_skip is not None:
                     on_skip(str(path), str(exc))
