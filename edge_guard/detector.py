@@ -35,15 +35,16 @@ class Detection:
     class_id: int
 
 
-def letterbox(image: np.ndarray, side: int) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """Resize keeping the aspect ratio into side x side with grey padding. Returns (float32 [1,3,S,S] in [0,1],
-    scale, (pad_x, pad_y)) so that frame = (letterboxed - pad) / scale."""
+def letterbox(image: np.ndarray, size: int | tuple[int, int]) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize keeping the aspect ratio into size (side, or (height, width)) with grey padding. Returns
+    (float32 [1,3,H,W] in [0,1], scale, (pad_x, pad_y)) so that frame = (letterboxed - pad) / scale."""
+    out_h, out_w = (size, size) if isinstance(size, int) else size
     h, w = image.shape[:2]
-    scale = min(side / h, side / w)
+    scale = min(out_h / h, out_w / w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    canvas = np.full((side, side, 3), PAD, np.uint8)
-    top, left = (side - nh) // 2, (side - nw) // 2
+    canvas = np.full((out_h, out_w, 3), PAD, np.uint8)
+    top, left = (out_h - nh) // 2, (out_w - nw) // 2
     canvas[top:top + nh, left:left + nw] = resized
     x = np.ascontiguousarray(canvas.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
     return x, scale, (float(left), float(top))
@@ -96,16 +97,21 @@ class Detector:
             raise BundleError(f"{path}: onnxruntime could not load the detector "
                               f"({type(exc).__name__}: {exc}).") from exc
         shape = self.session.get_inputs()[0].shape
-        side = shape[-1] if isinstance(shape[-1], int) else 640
-        self.side, self.score, self.iou = int(side), score, iou
+        h, w = (d if isinstance(d, int) and d > 0 else 640 for d in (list(shape) + [640, 640])[2:4])
+        self.size, self.side, self.score, self.iou = (int(h), int(w)), max(int(h), int(w)), score, iou
         self.classes = None if classes is None else {int(c) for c in classes}
         self.max_boxes = max_boxes
         self._input = self.session.get_inputs()[0].name
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Detections in a uint8 RGB frame, best first, at most max_boxes."""
-        x, scale, (px, py) = letterbox(image, self.side)
-        out = np.asarray(self.session.run(None, {self._input: x})[0], dtype=np.float32)
+        x, scale, (px, py) = letterbox(image, self.size)
+        try:
+            out = np.asarray(self.session.run(None, {self._input: x})[0], dtype=np.float32)
+        except Exception as exc:  # onnxruntime's own error types
+            raise BundleError(f"the detector failed on a {self.size[1]}x{self.size[0]} input "
+                              f"({type(exc).__name__}: {exc}). Check it is a YOLO export with one image input.") \
+                from exc
         boxes, scores, class_ids, nms_done = decode_output(out, score=self.score)
         if self.classes is not None:
             keep = np.isin(class_ids, list(self.classes))

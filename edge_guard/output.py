@@ -145,11 +145,16 @@ class Annotator:
                 fourcc = cv2.VideoWriter_fourcc(*VIDEO_FOURCC[self.path.suffix.lower()])
                 self._size = (bgr.shape[1], bgr.shape[0])
                 self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self._size)
+                if not self._writer.isOpened():
+                    raise InputError(f"--annotate: OpenCV cannot write {self.path} (no encoder for "
+                                     f"{self.path.suffix}); use .avi, or a folder for JPEG frames.")
             if (bgr.shape[1], bgr.shape[0]) != self._size:
                 bgr = cv2.resize(bgr, self._size)
             self._writer.write(bgr)
         else:
-            cv2.imwrite(str(self.path / f"frame_{self.frames:06d}.jpg"), bgr)
+            target = self.path / f"frame_{self.frames:06d}.jpg"
+            if not cv2.imwrite(str(target), bgr):
+                raise InputError(f"--annotate: cannot write {target} (disk full or no permission).")
         self.frames += 1
 
     def close(self) -> None:

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from edge_guard.errors import ConfigError, InputError, expected_got
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,7 +79,7 @@ def _read_boxes_file(path: Path) -> dict[int, list[list[float]]]:
             frame, entries = record["frame"], record["boxes"]
             if isinstance(frame, bool) or not isinstance(frame, int) or not isinstance(entries, list):
                 raise TypeError
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # ValueError: bad JSON, or an integer of thousands of digits
             raise InputError(expected_got(f"{path}:{number}", '{"frame": <index>, "boxes": [[x1, y1, x2, y2], ...]}',
                                           repr(line[:80]))) from None
         boxes.setdefault(frame, []).extend(entries)
@@ -113,20 +111,9 @@ class Regions:
     def from_detector(cls, detector: Detector) -> Regions:
         return cls("detector", detector=detector)
 
-    def known_boxes(self) -> tuple[Box, ...] | None:
-        """The boxes known before a frame is decoded (to pick its DCT scale); None when they depend on it."""
-        return self.boxes if self.kind == "fixed" else None
-
-    def raw_boxes(self, index: int, image: np.ndarray | None) -> list[Sequence[float]]:
-        """The boxes for frame `index` in full-frame pixels, before clipping (image: the full-size frame,
-        needed by the centre square and the detector)."""
+    def given_boxes(self, index: int) -> list[Sequence[float]]:
+        """The boxes for frame `index` known before it is decoded (fixed or from the file), in full-frame
+        pixels and not yet clipped; [] for the centre square and the detector, which need the pixels."""
         if self.kind == "fixed":
             return list(self.boxes)
-        if self.kind == "file":
-            return list(self.per_frame.get(index, []))
-        if image is None:
-            return []
-        h, w = image.shape[:2]
-        if self.kind == "detector" and self.detector is not None:
-            return [d.box for d in self.detector.detect(image)]
-        return [center_square(h, w)]
+        return list(self.per_frame.get(index, [])) if self.kind == "file" else []

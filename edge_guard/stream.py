@@ -162,15 +162,15 @@ def _boxes(frame: Frame, image: np.ndarray, regions: Regions, scale: int) -> tup
         found = regions.detector.detect(image)
         raw, scores = [d.box for d in found], [d.score for d in found]
     else:
-        raw = regions.raw_boxes(frame.index, None)
+        raw = regions.given_boxes(frame.index)
         scores = [None] * len(raw)
     boxes, kept_scores, skipped = [], [], max(0, len(raw) - MAX_REGIONS)
     for box, score in zip(raw[:MAX_REGIONS], scores):
         try:
-            scaled = [float(c) / scale for c in box]
+            scaled = [float(c) / scale for c in box] if len(box) == 4 else []
         except (TypeError, ValueError):
             scaled = []
-        clipped = clip_box(scaled, h, w) if len(scaled) == 4 else None
+        clipped = clip_box(scaled, h, w) if scaled else None
         if clipped is None:
             skipped += 1
             continue
@@ -188,7 +188,7 @@ def _scale_for(frame: Frame, regions: Regions, need: tuple[int, int], allow: boo
         return 1
     if regions.kind == "center":
         return dct_scale(size[0], size[1], None, need)
-    boxes = [b for b in (clip_box(r, size[1], size[0]) for r in regions.raw_boxes(frame.index, None)) if b]
+    boxes = [b for b in (clip_box(r, size[1], size[0]) for r in regions.given_boxes(frame.index)) if b]
     return dct_scale(size[0], size[1], boxes, need) if boxes else 1
 
 
@@ -205,10 +205,12 @@ def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confiden
     preds = guard.classify(image, rois=[boxes]) if boxes else []
     members = len(guard.bundle.members)
     out = []
+    full_w, full_h = (jpeg_size(frame.jpeg) or (0, 0)) if scale > 1 and frame.jpeg else (image.shape[1], image.shape[0])
     for box, score, p in zip(boxes, scores, preds):
         agreement = p.votes.count(p.class_id) / members
         known = p.confidence >= min_confidence
-        full = tuple(c * scale for c in box)  # back to full-frame pixels
+        x1, y1, x2, y2 = (c * scale for c in box)  # back to full-frame pixels, inside the frame
+        full = (min(x1, full_w), min(y1, full_h), min(x2, full_w), min(y2, full_h))
         out.append(RegionResult(full, p.class_id if known else None, p.class_name if known else None,  # type: ignore[arg-type]
                                 p.confidence, p.votes, agreement, agreement < suspect_below, score))
     stages = preds[0].timings_ms if preds else {}

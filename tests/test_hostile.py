@@ -359,3 +359,112 @@ def test_bench_refuses_an_unsigned_bundle_with_a_trusted_key(tmp_path, bundle_di
     keys = generate_keys(tmp_path / "k")
     line = _one_error_line(_run("bench", "--bundle", bundle_dir, "--trusted-key", keys.public, "--iterations", "1"))
     assert "expected a signed bundle" in line
+
+
+# ----------------------------------------------------------------------------- found in review
+
+
+def test_a_bad_threshold_never_touches_an_existing_output(tmp_path, bundle_dir):
+    out = tmp_path / "results.jsonl"
+    out.write_text('{"kept": true}\n')
+    line = _one_error_line(_run("infer", "x.png", "--bundle", bundle_dir, "--output", out, "--min-confidence", "2"))
+    assert "--min-confidence" in line and out.read_text() == '{"kept": true}\n'
+
+
+def test_a_stray_byte_before_a_marker_cannot_bypass_the_pixel_cap():
+    data = _jpeg_header(60000, 60000)
+    sneaky = data[:2] + b"\x00" + data[2:]  # libjpeg skips it; a header walk cannot read the size
+    with pytest.raises(FrameError) as info:
+        decode_frame(Frame(0, "s", 0.0, jpeg=sneaky), max_pixels=10**6)
+    assert info.value.reason == "no_header"
+
+
+def test_an_image_of_unknown_format_is_refused_before_decoding(tmp_path):
+    import cv2
+
+    from edge_guard.sources.images import read_image
+
+    tiff = tmp_path / "really_a.tiff.png"
+    assert cv2.imwrite(str(tmp_path / "x.tiff"), np.zeros((8, 8, 3), np.uint8))
+    tiff.write_bytes((tmp_path / "x.tiff").read_bytes())
+    with pytest.raises(FrameError) as info:
+        read_image(tiff)
+    assert info.value.reason == "no_header"
+
+
+def test_trusted_keys_force_the_hash_check_and_come_before_parsing(tmp_path):
+    from edge_guard.signing import generate_keys, sign_bundle
+
+    keys = generate_keys(tmp_path / "k")
+    root = make_bundle(tmp_path / "b")
+    sign_bundle(root, keys.private)
+    member = root / "m0.onnx"
+    member.write_bytes(member.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        load_bundle(root, verify=False, trusted_keys=[keys.public])  # a signature is worthless without hashes
+    (root / "manifest.json").write_text("[" * 100000)  # hostile and unsigned: refused before the JSON parser
+    with pytest.raises(BundleError, match="does not verify"):
+        load_bundle(root, trusted_keys=[keys.public])
+
+
+def test_a_name_ending_in_a_newline_is_refused(tmp_path):
+    root = make_bundle(tmp_path / "b")
+    manifest = read_manifest(root)
+    manifest["name"] = "shield\n"
+    write_raw_manifest(root, manifest)
+    with pytest.raises(BundleError, match="without control characters"):
+        load_bundle(root)
+
+
+def test_bad_camera_fourcc_and_urls_are_one_line(bundle_dir):
+    assert "--camera-fourcc" in _one_error_line(_run("infer", "0", "--bundle", bundle_dir, "--camera-fourcc", "MJPEG"))
+    assert "not a valid URL" in _one_error_line(_run("infer", "http://127.0.0.1:abc/", "--bundle", bundle_dir))
+
+
+def test_a_stream_that_opens_and_dies_at_once_respects_max_reconnects():
+    from edge_guard.sources.base import LiveSource
+
+    opened = []
+
+    def opener():
+        opened.append(1)
+        return iter(())  # connects, then ends without a frame
+
+    source = LiveSource("flaky", opener, max_reconnects=2, backoff=0.01)
+    assert list(source) == []
+    source.close()
+    assert len(opened) == 3 and source.stats.reconnects == 2  # the first open and two reconnects, then it gives up
+
+
+def test_an_unexpected_exception_in_a_stream_is_a_lost_stream_not_a_dead_thread():
+    import http.client
+
+    from edge_guard.sources.base import LiveSource
+
+    calls = []
+
+    def opener():
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError("camera unplugged")
+
+        def frames():
+            yield Frame(len(calls), "s", 0.0, image=solid(RED))
+            raise http.client.IncompleteRead(b"")  # not an OSError: it used to kill the reader thread
+
+        return frames()
+
+    source = LiveSource("s", opener, max_reconnects=1, backoff=0.01, queue_size=10)
+    got = list(source)
+    source.close()
+    assert len(got) == 2 and source.stats.reconnects == 1  # reconnected after the IncompleteRead, then gave up
+    assert any("IncompleteRead" in e for e in source.stats.errors) and "camera unplugged" in source.stats.errors[-1]
+
+
+def test_boxes_scaled_back_never_leave_the_frame(guard):
+    frame = np.zeros((100, 1001, 3), np.uint8)
+    frame[:, 900:] = RED
+    frames = [Frame(0, "s", 0.0, jpeg=jpeg.encode(frame, 90))]
+    (result,) = run_stream(guard, StreamSource("s", lambda: iter(frames)),
+                           __import__("edge_guard.regions", fromlist=["Regions"]).Regions.fixed([(937, 0, 1001, 64)]))
+    assert result.decode_scale == 8 and result.regions[0].box[2] <= 1001

@@ -119,9 +119,10 @@ class LiveSource(Source):
         self._stop = threading.Event()
         self._done = False
         self._lost_at: float | None = None  # wall time the stream was lost, until frames come back
+        self._failures = 0  # reopen attempts since the last frame
         try:
             first = opener()  # a source that cannot be opened at all is one clear error, now
-        except (OSError, InputError) as exc:
+        except (OSError, InputError, ValueError) as exc:
             raise InputError(f"{source_id}: cannot open the stream ({exc}). Check the address or device, "
                              "and that it is streaming.") from None
         self._thread = threading.Thread(target=self._read, args=(first,), name=f"edgeguard-source {source_id}",
@@ -131,7 +132,8 @@ class LiveSource(Source):
     def _put(self, frame: Frame) -> None:
         with self._ready:
             if len(self._queue) == self._queue.maxlen:
-                self.stats.dropped += 1  # the oldest frame falls out: the consumer only sees recent ones
+                with self.stats._lock:
+                    self.stats.dropped += 1  # the oldest frame falls out: the consumer only sees recent ones
             self._queue.append(frame)
             self._ready.notify()
 
@@ -144,9 +146,13 @@ class LiveSource(Source):
                 continue
             if self._lost_at is not None:  # frames are back: record the gap
                 now = time.time()
-                self.stats.gaps.append({"start": self._lost_at, "end": now, "seconds": round(now - self._lost_at, 3)})
+                with self.stats._lock:
+                    self.stats.gaps.append({"start": self._lost_at, "end": now,
+                                            "seconds": round(now - self._lost_at, 3)})
                 self._lost_at = None
-            self.stats.read += 1
+            self._failures = 0  # a frame arrived: the stream works again, the reconnect budget is whole
+            with self.stats._lock:
+                self.stats.read += 1
             self._put(item)
 
     def _read(self, items: Iterable[Frame | Broken] | None) -> None:
@@ -155,7 +161,7 @@ class LiveSource(Source):
                 try:
                     self._pump(items)
                     why = "stream ended"
-                except (OSError, InputError, ValueError) as exc:
+                except Exception as exc:  # whatever a stream raises (IncompleteRead, codec errors): it is lost
                     why = f"{type(exc).__name__}: {exc}"
                 if self._stop.is_set():
                     return
@@ -169,17 +175,18 @@ class LiveSource(Source):
 
     def _reconnect(self) -> Iterable[Frame | Broken] | None:
         """Reopen the stream, waiting 0.5, 1, 2, ... s (capped) between attempts; None when giving up or stopped."""
-        attempt = 0
-        while self._max_reconnects is None or attempt < self._max_reconnects:
-            if self._stop.wait(min(self._max_backoff, self._backoff * 2 ** attempt)):
+        # the budget counts attempts since the last frame, so a stream that opens and dies at once gives up too
+        while self._max_reconnects is None or self._failures < self._max_reconnects:
+            if self._stop.wait(min(self._max_backoff, self._backoff * 2 ** self._failures)):
                 return None
-            attempt += 1
+            self._failures += 1
             try:
                 items = self._opener()
-            except (OSError, InputError) as exc:
-                self.stats.lost(f"reconnect {attempt}: {type(exc).__name__}: {exc}")
+            except Exception as exc:
+                self.stats.lost(f"reconnect {self._failures}: {type(exc).__name__}: {exc}")
                 continue
-            self.stats.reconnects += 1
+            with self.stats._lock:
+                self.stats.reconnects += 1
             return items
         return None
 

@@ -31,6 +31,10 @@ class CameraSettings:
     fps: float | None = None
     fourcc: str | None = "MJPG"
 
+    def __post_init__(self) -> None:
+        if self.fourcc is not None and (len(self.fourcc) != 4 or not self.fourcc.isascii()):
+            raise InputError(f"--camera-fourcc: expected 4 ASCII characters like MJPG or YUYV, got {self.fourcc!r}.")
+
 
 def _capture(target: str | int, api: int, source_id: str) -> cv2.VideoCapture:
     params: list[int] = []

@@ -3,6 +3,7 @@ multipart MJPEG (`multipart/x-mixed-replace`, as IP cameras and `ffmpeg -f mpjpe
 
 from __future__ import annotations
 
+import http.client
 import sys
 import time
 import urllib.error
@@ -46,6 +47,8 @@ def open_http_mjpeg(url: str, *, timeout: float = HTTP_TIMEOUT_S) -> Iterator[Fr
         response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - http(s) URLs only, checked by caller
     except urllib.error.URLError as exc:
         raise OSError(f"{url}: {exc.reason}") from None
+    except (ValueError, http.client.InvalidURL) as exc:  # a malformed address: no retry will fix it
+        raise InputError(f"{url}: not a valid URL ({exc}).") from None
     kind = response.headers.get("Content-Type", "")
     if not (kind.startswith("multipart/") or kind.startswith("image/jpeg") or kind.startswith("video/x-motion-jpeg")):
         response.close()
@@ -64,6 +67,6 @@ def is_mjpeg_url(url: str, *, timeout: float = HTTP_TIMEOUT_S) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
             kind = response.headers.get("Content-Type", "")
-    except (urllib.error.URLError, OSError):
-        return True  # unreachable now: the MJPEG opener reports it (and a live source retries)
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+        return True  # unreachable or malformed: the MJPEG opener reports it (and a live source retries)
     return kind.startswith(("multipart/", "image/jpeg", "video/x-motion-jpeg"))

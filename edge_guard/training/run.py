@@ -139,8 +139,8 @@ class Run:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(expected_got(str(path), "a JSON object", type(data).__name__))
     return data
@@ -191,8 +191,8 @@ def _load_single(path: Path) -> Run:
 def _load_ensemble(root: Path) -> Run:
     try:
         data = json.loads((root / ENSEMBLE_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read {root / ENSEMBLE_FILE}: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"cannot read {root / ENSEMBLE_FILE}: {type(exc).__name__}: {exc}") from None
     spec = decode(data, EnsembleFile, error=ConfigError, fix="Re-run edgeguard vaccinate to rewrite it.",
                   root=str(root / ENSEMBLE_FILE))
     members, ckpts = [], []
