@@ -17,7 +17,7 @@ import typer
 import typer.core
 
 from edge_guard.errors import ConfigError, EdgeGuardError, expected_got, printable
-from edge_guard.spec import BackendChoice, Precision, Subsampling, VoteRule
+from edge_guard.spec import DEFAULT_SUSPECT_BELOW, MAX_PIXELS, BackendChoice, Precision, Subsampling, VoteRule
 from edge_guard.training.choices import BpdaBackward, DefenseChoice, Exporter, RoiMode, Split
 
 try:  # typer >= 0.22 vendors click
@@ -467,7 +467,7 @@ def infer(
     min_confidence: float = typer.Option(
         0.0, "--min-confidence", help='Below this ensemble confidence a region is "no sign" (class_id null).'),
     suspect_below: float = typer.Option(
-        0.6, "--suspect-below", help="Flag a region suspect when fewer than this share of members vote for the "
+        DEFAULT_SUSPECT_BELOW, "--suspect-below", help="Flag a region suspect when fewer than this share of members vote for the "
                                      "winner (the attack / out-of-distribution alarm)."),
     providers: str = typer.Option("cpu", "--providers", help="Ordered execution providers, e.g. tensorrt,cuda,cpu."),
     threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: its choice)."),
@@ -489,7 +489,7 @@ def infer(
                                               "(default: forever)."),
     status: bool = typer.Option(True, "--status/--no-status", help="A live status line on stderr (terminals only)."),
     max_pixels: int = typer.Option(
-        40_000_000, "--max-pixels", min=1, help="Refuse frames and images whose header promises more pixels "
+        MAX_PIXELS, "--max-pixels", min=1, help="Refuse frames and images whose header promises more pixels "
                                                 "(decompression bombs), before decoding them."),
     allow_fallback: bool = typer.Option(
         False, "--allow-fallback", help="When a requested provider fails to start, run on the next one (logged "

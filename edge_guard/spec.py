@@ -88,6 +88,8 @@ class Precision(Vocabulary):
 
 
 DEFAULT_SLQ_QUALITIES = (20, 40, 60, 80)  # SHIELD's quality set
+DEFAULT_SUSPECT_BELOW = 0.6  # member agreement: with 5 members, 2 of 5 (0.4) is suspect, 3 of 5 (0.6) is not
+MAX_PIXELS = 40_000_000  # per frame: above 8K (33 MP), far below what exhausts a 4 GB board (120 MB decoded)
 
 # Constrained scalar types; `description` is the "expected ..." phrase of a validation error.
 Quality = Annotated[int, msgspec.Meta(ge=1, le=100, description="an integer in 1..100")]

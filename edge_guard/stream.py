@@ -25,11 +25,11 @@ from edge_guard.guard import Guard
 from edge_guard.regions import Box, Regions, center_square, clip_box
 from edge_guard.sources.base import Source
 from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError, dct_scale, decode_frame, jpeg_size
+from edge_guard.spec import DEFAULT_SUSPECT_BELOW
 
 SCHEMA = "edgeguard.infer/1"  # the JSON-lines record version; bump when a field changes meaning
 STAGES = ("decode", "crop", "defense", "inference", "vote", "total")
 MAX_REGIONS = 256  # per frame; boxes past it are skipped and counted (a boxes file cannot stall the loop)
-DEFAULT_SUSPECT_BELOW = 0.6  # agreement: with 5 members, 2 of 5 (0.4) is suspect, 3 of 5 (0.6) is not
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ import numpy as np
 
 from edge_guard import jpeg
 from edge_guard.errors import EdgeGuardError
+from edge_guard.spec import MAX_PIXELS
 
 DCT_SCALES = (8, 4, 2, 1)  # libjpeg's power-of-two IDCT scales, largest first
-MAX_PIXELS = 40_000_000  # per frame: above 8K (33 MP), far below what exhausts a 4 GB board (120 MB decoded)
 _OPENCV_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
                    8: cv2.IMREAD_REDUCED_COLOR_8}
 _warnings_lock = threading.Lock()  # warnings.catch_warnings swaps process-wide state
