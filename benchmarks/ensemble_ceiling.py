@@ -4,7 +4,7 @@
 
 For each ensemble folder (from `edgeguard vaccinate`), every member classifies the evaluation images
 through its own deployed preprocessing (JPEG at its quality, or one seeded SLQ draw): the default
-defense `edgeguard export` writes, applied by the exporter's own `member_view`. Printed per run, in % of images:
+defense `edgeguard export` writes, applied by `edge_guard.defense.member_inputs`, as the runtime applies it. Printed per run, in % of images:
 - the base model on clean images (what the ensemble gives up for its defense),
 - each member on its own preprocessing,
 - the majority vote (the shipped rule) and the soft vote (mean probability),
@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_guard.defense import member_inputs
 from edge_guard.engine import softmax, vote
-from edge_guard.training.export.measure import member_view
 from edge_guard.training.export.pipeline import resolve_defense
 from edge_guard.training.predict import predict_logits
 from edge_guard.training.run import Run
@@ -39,7 +39,8 @@ def measure(path: str, data: str | None, split: str, limit: int, seed: int) -> d
     ev = run.dataset(data, limit=limit, calibration=0, split=split)
     x, y = ev.images, ev.labels
     defense = resolve_defense(run, None, False)  # what `edgeguard export` puts in the bundle by default
-    logits = [predict_logits(m.model, member_view(x, m.vaccination, m.quality, defense, seed)) for m in run.members]
+    views = member_inputs(x, defense, run.member_specs, rng=seed, graph_input=False)  # as the runtime feeds them
+    logits = [predict_logits(m.model, views if views.ndim == 4 else views[i]) for i, m in enumerate(run.members)]
     probs = softmax(np.stack(logits).astype(np.float32))  # (members, N, classes)
     right = np.stack([lg.argmax(1) == y for lg in logits])  # (members, N)
     return {
