@@ -57,8 +57,8 @@ def _frames(cap: cv2.VideoCapture, source_id: str, *, file: bool) -> Iterator[Fr
                 if not file:
                     raise OSError("no frame from the capture (stream lost or device unplugged)")
                 return
-            pos = cap.get(cv2.CAP_PROP_POS_MSEC)
-            stamp = pos / 1000.0 if pos and pos > 0 else None
+            pos = cap.get(cv2.CAP_PROP_POS_MSEC)  # a file's first frame is at 0.0; streams without time say 0 or -1
+            stamp = pos / 1000.0 if pos is not None and (pos > 0 or (file and pos == 0)) else None
             if data.ndim == 3:
                 yield Frame(index, source_id, time.time(), stamp, image=np.ascontiguousarray(data[..., ::-1]))
             else:
