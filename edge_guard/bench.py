@@ -43,6 +43,8 @@ class BenchConfig:
     threads: int | None = None
     seed: int = 0
     trusted_keys: tuple[str, ...] = ()  # public key files: the bundles must be signed by one of them
+    provider_options: dict[str, dict[str, Any]] | None = None  # per provider, e.g. TensorRT fp16 and engine cache
+    allow_fallback: bool = False  # a provider that fails to start: the next one runs (logged) instead of an error
 
     def check(self) -> None:
         for name, value, lo in (("iterations", self.iterations, 1), ("warmup", self.warmup, 0), ("size", self.size, 1)):
@@ -88,6 +90,15 @@ class BenchReport:
                 table.add_row(variant, b, *cells, f"{r['images_per_s']:.0f}")
         return table
 
+    def budget_check(self, budget_ms: float, batch: int) -> tuple[bool, str]:
+        """Whether p99 total latency at `batch` (the first variant) is within budget_ms, and a line saying so."""
+        results = self.results[self.variants[0]]
+        key = str(batch) if str(batch) in results else next(iter(results))
+        p99 = results[key]["stages"]["total"]["p99"]
+        ok = p99 <= budget_ms
+        return ok, (f"latency budget: p99 total {p99:.2f} ms at batch {key} ({self.variants[0]}) "
+                    f"{'<=' if ok else '>'} {budget_ms:g} ms: {'PASS' if ok else 'FAIL'}")
+
     def summary(self) -> list[str]:
         """One line per batch size: the ratios measured in the same run."""
         lines = []
@@ -108,8 +119,8 @@ def stage_stats(timings: Sequence[dict[str, float]]) -> dict[str, dict[str, floa
     out = {}
     for stage in STAGES:
         ms = np.asarray([t[stage] for t in timings], dtype=np.float64)
-        p50, p90 = np.percentile(ms, [50, 90])
-        out[stage] = {"p50": float(p50), "p90": float(p90), "mean": float(ms.mean())}
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        out[stage] = {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(ms.mean())}
     return out
 
 
@@ -127,7 +138,8 @@ def run_bench(bundle: str | Path | None = None, config: BenchConfig = BenchConfi
     """
     config.check()
     opts = dict(providers=list(config.providers), threads=config.threads, seed=config.seed,
-                trusted_keys=list(config.trusted_keys) or None)
+                trusted_keys=list(config.trusted_keys) or None, provider_options=config.provider_options,
+                strict_providers=not config.allow_fallback)
     guards = {"members": Guard.from_bundle(bundle, use_fused=False, **opts)}  # type: ignore[arg-type]
     if guards["members"].bundle.fused is not None:
         guards = {"fused": Guard.from_bundle(bundle, use_fused=True, **opts), **guards}  # type: ignore[arg-type]

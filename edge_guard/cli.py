@@ -97,6 +97,22 @@ def _training_half() -> None:
                                        f"Install the training extra: {TRAIN_EXTRA}")) from None
 
 
+def _apply_profile(ctx: typer.Context, profile: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """Fill each option the profile sets, unless it was given on the command line (then say it wins).
+    values: option name -> the profile's value for it (None: the profile leaves it alone)."""
+    params = dict(ctx.params)
+    for name, value in values.items():
+        if value is None:
+            continue
+        if ctx.get_parameter_source(name).name == "COMMANDLINE":
+            flag = "--" + name.replace("_", "-")
+            typer.echo(f"profile {profile.name}: {flag} {params[name]!r} from the command line overrides the "
+                       f"profile's {value!r}", err=True)
+        else:
+            params[name] = value
+    return params
+
+
 def _print(lines: Iterable[str]) -> None:
     for line in lines:
         typer.echo(line)
@@ -448,6 +464,7 @@ def evaluate(
 @app.command()
 @friendly_errors
 def infer(
+    ctx: typer.Context,
     sources: list[str] = typer.Argument(
         ..., metavar="SOURCE...",
         help="A video file, image files/folders/globs, a camera (0, /dev/video0), - (MJPEG bytes on stdin), or an "
@@ -494,6 +511,9 @@ def infer(
     allow_fallback: bool = typer.Option(
         False, "--allow-fallback", help="When a requested provider fails to start, run on the next one (logged "
                                         "loudly) instead of stopping. Default: stop, never a silent CPU fallback."),
+    profile: str | None = typer.Option(
+        None, "--profile", help="A firmware profile (edgeguard profiles list) or .toml file: bundle, providers and "
+                                "their options, threads, camera, regions, queue. Flags given here win over it."),
     trusted_key: list[str] = typer.Option(
         [], "--trusted-key", help="A public key (edgeguard keygen) whose signature the bundle must carry; repeatable."),
     require_signed: bool = typer.Option(
@@ -510,6 +530,26 @@ def infer(
     from edge_guard.regions import parse_roi
     from edge_guard.sources import CameraSettings
 
+    provider_options = None
+    if profile:
+        from edge_guard.profiles import load_profile
+
+        prof = load_profile(profile)
+        cam, reg = prof.camera, prof.regions
+        own_regions = bool(boxes) or ctx.get_parameter_source("detector").name == "COMMANDLINE"
+        p = _apply_profile(ctx, prof, {
+            "bundle": str(prof.bundle_path()), "providers": ",".join(prof.provider_names()),
+            "threads": prof.threads, "allow_fallback": prof.allow_fallback or None, "queue_size": prof.queue_size,
+            "camera_size": f"{cam.width}x{cam.height}" if cam.width and cam.height else None,
+            "camera_fps": cam.fps, "camera_fourcc": cam.fourcc,
+            "roi": None if own_regions or not reg.rois else [",".join(map(str, b)) for b in reg.rois],
+            "detector": None if own_regions else reg.detector,
+            "detector_classes": ",".join(map(str, reg.detector_classes)) if reg.detector_classes else None})
+        bundle, providers, threads, allow_fallback = p["bundle"], p["providers"], p["threads"], p["allow_fallback"]
+        queue_size, camera_size, camera_fps, camera_fourcc = p["queue_size"], p["camera_size"], p["camera_fps"], \
+            p["camera_fourcc"]
+        roi, detector, detector_classes = p["roi"], p["detector"], p["detector_classes"]
+        provider_options = prof.provider_options() or None
     size = parse_size(camera_size)
     options = InferOptions(
         sources=tuple(sources), bundle=bundle, providers=tuple(p for p in providers.split(",") if p.strip()),
@@ -519,7 +559,7 @@ def infer(
         annotate=annotate, max_frames=max_frames, recursive=recursive,
         camera=CameraSettings(size[0] if size else None, size[1] if size else None, camera_fps, camera_fourcc or None),
         queue_size=queue_size, max_reconnects=max_reconnects, status=status, max_pixels=max_pixels,
-        allow_fallback=allow_fallback,
+        allow_fallback=allow_fallback, provider_options=provider_options,
         trusted_keys=tuple(trusted_key),
         require_signed=require_signed or bool(trusted_key))
     for line in run_infer(options).lines():
@@ -529,6 +569,7 @@ def infer(
 @app.command()
 @friendly_errors
 def bench(
+    ctx: typer.Context,
     bundle: str | None = typer.Option(
         None, "--bundle",
         help="Bundle directory (default: the shipped export/gtsrb-shield)."),
@@ -546,6 +587,9 @@ def bench(
         help="A second bundle, timed interleaved with the first (ratio printed)."),
     trusted_key: list[str] = typer.Option(
         [], "--trusted-key", help="Refuse bundles not signed by this public key (edgeguard keygen); repeatable."),
+    profile: str | None = typer.Option(
+        None, "--profile", help="A firmware profile or .toml file: bundle, providers, threads, batch; the p99 total "
+                                "latency is checked against its latency budget (exit 1 when over)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the full report to this JSON file."),
 ) -> None:
     """Measure per-stage latency (p50/p90 ms) and images/s of the pipeline; fused graph vs per-member sessions.
@@ -558,9 +602,20 @@ def bench(
 
     from edge_guard.bench import BenchConfig, run_bench
 
+    prof = None
+    allow_fallback, provider_options = False, None
+    if profile:
+        from edge_guard.profiles import load_profile
+
+        prof = load_profile(profile)
+        p = _apply_profile(ctx, prof, {"bundle": str(prof.bundle_path()), "providers": ",".join(prof.provider_names()),
+                                       "threads": prof.threads, "batch": str(prof.batch)})
+        bundle, providers, threads, batch = p["bundle"], p["providers"], p["threads"], p["batch"]
+        allow_fallback, provider_options = prof.allow_fallback, prof.provider_options() or None
     config = BenchConfig(batches=tuple(parse_int_list(batch, "--batch")), iterations=iterations, warmup=warmup,
                          size=size, providers=tuple(p for p in providers.split(",") if p.strip()), threads=threads,
-                         seed=seed, trusted_keys=tuple(trusted_key))
+                         seed=seed, trusted_keys=tuple(trusted_key), provider_options=provider_options,
+                         allow_fallback=allow_fallback)
     if json_out:
         from edge_guard.output import check_output_path
 
@@ -572,6 +627,11 @@ def bench(
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         typer.echo(f"wrote {json_out}")
+    if prof is not None and prof.latency_budget_ms is not None:
+        ok, line = report.budget_check(prof.latency_budget_ms, prof.batch)
+        typer.echo(f"profile {prof.name}: {line}")
+        if not ok:
+            raise typer.Exit(code=1)
 
 
 @app.command()
@@ -619,6 +679,45 @@ def verify(
 
     key_id = verify_bundle(bundle, pubkey)
     typer.echo(f"{bundle}: signature by key {key_id} verified, every file's sha256 matches")
+
+
+profiles_app = typer.Typer(help="Firmware profiles: one TOML file per target device (firmware_profiles/).",
+                           no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
+
+
+@profiles_app.command("list")
+@friendly_errors
+def profiles_list() -> None:
+    """The shipped profiles, one line each. Example: edgeguard profiles list"""
+    from edge_guard.profiles import list_profiles, load_profile
+
+    for name in list_profiles():
+        p = load_profile(name)
+        budget = f", p99 budget {p.latency_budget_ms:g} ms" if p.latency_budget_ms else ""
+        typer.echo(f"{name:<18} {','.join(p.provider_names()):<22} {p.bundle}{budget}  {p.description}")
+
+
+@profiles_app.command("show")
+@friendly_errors
+def profiles_show(name: str = typer.Argument(..., help="A shipped profile name or a .toml file.")) -> None:
+    """Print a profile as loaded (defaults filled in), as JSON. Example: edgeguard profiles show raspberry-pi-5"""
+    from edge_guard.profiles import load_profile
+
+    typer.echo(json.dumps(load_profile(name).to_dict(), indent=2))
+
+
+@profiles_app.command("validate")
+@friendly_errors
+def profiles_validate(path: str = typer.Argument(..., help="The .toml file to check.")) -> None:
+    """Check a profile: unknown keys (with the nearest valid one), types and ranges by key path.
+
+    Example: edgeguard profiles validate my-board.toml
+    """
+    from edge_guard.profiles import load_profile
+
+    p = load_profile(path)
+    typer.echo(f"{path}: valid profile {p.name!r} ({', '.join(p.provider_names())}; bundle {p.bundle_path()})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -175,9 +176,14 @@ class Engine:
         inter_op_threads: int | None = None,
         use_fused: bool | None = None,
         strict: bool = True,
+        provider_options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.bundle = bundle
         self.requested_providers = resolve_providers(providers)
+        # options per provider (short or full name), e.g. {"tensorrt": {"trt_fp16_enable": True}}
+        known = _known_providers()
+        by_name = {_canonical(name, known): dict(opts) for name, opts in (provider_options or {}).items()}
+        self.provider_options = [{k: str(v) for k, v in by_name.get(p, {}).items()} for p in self.requested_providers]
         if use_fused and bundle.fused is None:
             raise ConfigError(expected_got("use_fused", "a bundle with a fused graph",
                                            f"bundle {bundle.name!r} without one", "Pass use_fused=False or None."))
@@ -208,7 +214,8 @@ class Engine:
         model = bundle.blobs.get(rel)
         try:
             session = ort.InferenceSession(model if model is not None else str(path), sess_options=options,
-                                           providers=self.requested_providers)
+                                           providers=self.requested_providers,
+                                           provider_options=self.provider_options)
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs/providers
             raise BundleError(f"{path}: onnxruntime could not load it ({type(exc).__name__}: {exc}). "
                               "Re-export the bundle, or check the requested providers.") from exc

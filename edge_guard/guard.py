@@ -196,6 +196,7 @@ class Guard:
         verify: bool = True,
         trusted_keys: Sequence[Any] | None = None,
         require_signed: bool = False,
+        provider_options: dict[str, dict[str, Any]] | None = None,
     ) -> Guard:
         """Load a bundle (None: the shipped default) and open its sessions.
 
@@ -208,7 +209,7 @@ class Guard:
         bundle = load_bundle(default_bundle_path() if path is None else path, verify=verify,
                              trusted_keys=trusted_keys, require_signed=require_signed)
         engine = Engine(bundle, providers=providers, intra_op_threads=threads, use_fused=use_fused,
-                        strict=strict_providers)
+                        strict=strict_providers, provider_options=provider_options)
         return cls(bundle, engine, seed=seed, backend=backend, warn_codec_mismatch=warn_codec_mismatch)
 
     @property

@@ -53,6 +53,7 @@ class InferOptions:
     status: bool = True
     max_pixels: int = MAX_PIXELS  # frames and images whose header promises more are refused before decoding
     allow_fallback: bool = False  # a provider that fails to start: continue on the next one (logged), not stop
+    provider_options: dict[str, dict[str, Any]] | None = None  # e.g. {"tensorrt": {"trt_fp16_enable": True}}
     trusted_keys: tuple[str, ...] = ()  # public key files; with require_signed, the bundle must be signed by one
     require_signed: bool = False
 
@@ -145,6 +146,7 @@ def run_infer(options: InferOptions) -> InferSummary:
         check_output_path(options.output, append=options.append)
     guard = Guard.from_bundle(options.bundle, providers=list(options.providers), threads=options.threads,
                               seed=options.seed, strict_providers=not options.allow_fallback,
+                              provider_options=options.provider_options,
                               trusted_keys=list(options.trusted_keys) or None,
                               require_signed=options.require_signed)
     regions = _regions(options)

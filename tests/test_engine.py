@@ -129,9 +129,10 @@ class _FallbackSession:
     """Accepts CUDA but runs on CPU, as onnxruntime does when the CUDA libraries fail to load."""
 
     requested: list = []
+    options: list = []
 
-    def __init__(self, path, sess_options=None, providers=None):
-        _FallbackSession.requested = providers
+    def __init__(self, path, sess_options=None, providers=None, provider_options=None):
+        _FallbackSession.requested, _FallbackSession.options = providers, provider_options
 
     def get_providers(self):
         return [CPU]
@@ -151,6 +152,16 @@ def test_session_that_silently_falls_back_raises(tiny, gpu_build, monkeypatch, c
         eng = Engine(load_bundle(tiny), providers=["cuda", "cpu"], use_fused=False, strict=False)
     assert eng.active_providers == (CPU,) and f"expected {CUDA}" in caplog.text
     assert _FallbackSession.requested == [CUDA, CPU]
+
+
+def test_provider_options_reach_the_session(tiny, gpu_build, monkeypatch):
+    monkeypatch.setattr(ort, "InferenceSession", _FallbackSession)
+    Engine(load_bundle(tiny), providers=["tensorrt", "cuda", "cpu"], use_fused=False, strict=False,
+           provider_options={"tensorrt": {"trt_fp16_enable": True, "trt_engine_cache_path": "/cache"},
+                             "CUDAExecutionProvider": {"device_id": 1}})
+    assert _FallbackSession.requested == [TRT, CUDA, CPU]
+    assert _FallbackSession.options == [{"trt_fp16_enable": "True", "trt_engine_cache_path": "/cache"},
+                                        {"device_id": "1"}, {}]
 
 
 # ----------------------------------------------------------------------------- engine
