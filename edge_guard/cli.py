@@ -550,6 +550,7 @@ def infer(
             p["camera_fourcc"]
         roi, detector, detector_classes = p["roi"], p["detector"], p["detector_classes"]
         provider_options = prof.provider_options() or None
+        trusted_key = [*trusted_key, *prof.trusted_keys]  # a deployment profile's keys always apply
     size = parse_size(camera_size)
     options = InferOptions(
         sources=tuple(sources), bundle=bundle, providers=tuple(p for p in providers.split(",") if p.strip()),
@@ -612,6 +613,7 @@ def bench(
                                        "threads": prof.threads, "batch": str(prof.batch)})
         bundle, providers, threads, batch = p["bundle"], p["providers"], p["threads"], p["batch"]
         allow_fallback, provider_options = prof.allow_fallback, prof.provider_options() or None
+        trusted_key = [*trusted_key, *prof.trusted_keys]
     config = BenchConfig(batches=tuple(parse_int_list(batch, "--batch")), iterations=iterations, warmup=warmup,
                          size=size, providers=tuple(p for p in providers.split(",") if p.strip()), threads=threads,
                          seed=seed, trusted_keys=tuple(trusted_key), provider_options=provider_options,

@@ -70,6 +70,8 @@ class Profile(Spec, kw_only=True):
     queue_size: Positive = 2
     dct_scaling: bool = True  # decode camera JPEGs at the smallest DCT scale the regions allow
     latency_budget_ms: Annotated[float, msgspec.Meta(gt=0, description="milliseconds > 0")] | None = None
+    # public keys (relative to the profile's folder or absolute): set, the bundle must be signed by one of them
+    trusted_keys: tuple[NonEmptyStr, ...] = ()
     camera: CameraProfile = CameraProfile()
     regions: RegionsProfile = RegionsProfile()
     path: str = ""  # where it was loaded from (set by load_profile, not written in the file)
@@ -127,6 +129,8 @@ def load_profile(name_or_path: str | Path) -> Profile:
             _canonical(p.name, known)
         except ConfigError as exc:
             raise ConfigError(f"{path.name}.providers[{i}].name: {exc}") from None
+    keys = tuple(k if Path(k).is_absolute() else str(path.parent / k) for k in profile.trusted_keys)
+    profile = msgspec.structs.replace(profile, trusted_keys=keys)
     detector = profile.regions.detector
     if detector and not Path(detector).is_absolute():
         regions = msgspec.structs.replace(profile.regions, detector=str(path.parent / detector))

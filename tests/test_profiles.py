@@ -107,3 +107,18 @@ def test_a_gpu_profile_passes_its_provider_options_and_refuses_to_fall_back(tmp_
     assert result.exit_code == 2 and "TensorrtExecutionProvider" in result.stderr  # no silent CPU fallback
     assert seen["providers"] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     assert seen["options"][0] == {"trt_fp16_enable": "True", "trt_engine_cache_path": "/tmp/trt"}
+
+
+def test_a_profile_with_trusted_keys_refuses_an_unsigned_bundle(tmp_path):
+    from edge_guard.signing import generate_keys, sign_bundle
+
+    bundle = make_bundle(tmp_path / "bundle")
+    keys = generate_keys(tmp_path / "keys")
+    path = tmp_path / "signed.toml"
+    path.write_text(f'name = "signed"\nbundle = "{bundle}"\ntrusted_keys = ["keys/edgeguard.pub"]\n')
+    assert load_profile(path).trusted_keys == (str(tmp_path / "keys" / "edgeguard.pub"),)  # relative to the file
+    args = ["bench", "--profile", str(path), "--iterations", "1", "--warmup", "0", "--size", "16"]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "expected a signed bundle" in refused.stderr
+    sign_bundle(bundle, keys.private)
+    assert CliRunner().invoke(app, args).exit_code == 0
