@@ -530,7 +530,7 @@ def infer(
     from edge_guard.regions import parse_roi
     from edge_guard.sources import CameraSettings
 
-    provider_options = None
+    provider_options, prof = None, None
     if profile:
         from edge_guard.profiles import load_profile
 
@@ -560,8 +560,8 @@ def infer(
         annotate=annotate, max_frames=max_frames, recursive=recursive,
         camera=CameraSettings(size[0] if size else None, size[1] if size else None, camera_fps, camera_fourcc or None),
         queue_size=queue_size, max_reconnects=max_reconnects, status=status, max_pixels=max_pixels,
-        allow_fallback=allow_fallback, provider_options=provider_options,
-        trusted_keys=tuple(trusted_key),
+        allow_fallback=allow_fallback, provider_options=provider_options, profile=prof,
+        dct_scaling=prof.dct_scaling if prof is not None else True, trusted_keys=tuple(trusted_key),
         require_signed=require_signed or bool(trusted_key))
     for line in run_infer(options).lines():
         typer.echo(line, err=True)

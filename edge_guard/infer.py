@@ -54,6 +54,8 @@ class InferOptions:
     max_pixels: int = MAX_PIXELS  # frames and images whose header promises more are refused before decoding
     allow_fallback: bool = False  # a provider that fails to start: continue on the next one (logged), not stop
     provider_options: dict[str, dict[str, Any]] | None = None  # e.g. {"tensorrt": {"trt_fp16_enable": True}}
+    dct_scaling: bool = True  # decode JPEG frames at the largest DCT scale the regions allow
+    profile: Any = None  # the edge_guard.profiles.Profile these options came from, checked against the bundle
     trusted_keys: tuple[str, ...] = ()  # public key files; with require_signed, the bundle must be signed by one
     require_signed: bool = False
 
@@ -149,6 +151,8 @@ def run_infer(options: InferOptions) -> InferSummary:
                               provider_options=options.provider_options,
                               trusted_keys=list(options.trusted_keys) or None,
                               require_signed=options.require_signed)
+    if options.profile is not None:
+        options.profile.check_bundle(guard.bundle)
     regions = _regions(options)
     annotator = Annotator(options.annotate) if options.annotate else None
     source = open_source(options.sources, recursive=options.recursive, camera=options.camera,
@@ -169,6 +173,7 @@ def run_infer(options: InferOptions) -> InferSummary:
                                      suspect_below=options.suspect_below, stats=stats,
                                      max_frames=options.max_frames, backend=str(guard.backend or "auto"),
                                      keep_image=annotator is not None, max_pixels=options.max_pixels,
+                                     dct_scaling=options.dct_scaling,
                                      on_corrupt=corrupt):
                 sink.write(result.to_record(bundle.name, bundle.manifest_sha256))
                 if annotator is not None and result.image is not None:

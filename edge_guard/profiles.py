@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -66,7 +66,7 @@ class Profile(Spec, kw_only=True):
     allow_fallback: bool = False  # a provider that fails to start: run on the next one (logged) instead of stopping
     threads: Annotated[int, msgspec.Meta(ge=0, le=256, description="an integer in 0..256")] | None = None
     defense: Literal["cpu", "in-graph"] = "cpu"  # where the JPEG step runs: the CPU codec, or inside the graphs
-    batch: Positive = 1
+    batch: Positive = 1  # images per classify call that `bench` measures and checks the budget at
     queue_size: Positive = 2
     dct_scaling: bool = True  # decode camera JPEGs at the smallest DCT scale the regions allow
     latency_budget_ms: Annotated[float, msgspec.Meta(gt=0, description="milliseconds > 0")] | None = None
@@ -83,6 +83,16 @@ class Profile(Spec, kw_only=True):
             return given
         name = self.bundle if self.precision == Precision.FP32 else f"{self.bundle}-{self.precision.value}"
         return PROFILES_DIR.parent / "export" / name
+
+    def check_bundle(self, bundle: Any) -> None:
+        """ConfigError when the loaded bundle does not place its JPEG step where the profile says."""
+        in_graph = bool(bundle.defense.in_graph)
+        if (self.defense == "in-graph") != in_graph:
+            fix = ("Export it with `edgeguard export --in-graph-jpeg`, or set defense = \"cpu\"." if not in_graph
+                   else "Use a bundle exported without --in-graph-jpeg, or set defense = \"in-graph\".")
+            raise ConfigError(expected_got(f"profile {self.name} defense", f"a bundle with the JPEG step "
+                                           f"{'inside its graphs' if self.defense == 'in-graph' else 'on the CPU'}",
+                                           f"{bundle.name} ({'in-graph' if in_graph else 'CPU'} JPEG)", fix))
 
     def provider_names(self) -> list[str]:
         return [p.name for p in self.providers]

@@ -122,3 +122,13 @@ def test_a_profile_with_trusted_keys_refuses_an_unsigned_bundle(tmp_path):
     assert refused.exit_code == 2 and "expected a signed bundle" in refused.stderr
     sign_bundle(bundle, keys.private)
     assert CliRunner().invoke(app, args).exit_code == 0
+
+
+def test_a_profile_expecting_in_graph_jpeg_refuses_a_cpu_defense_bundle(tmp_path):
+    bundle = make_bundle(tmp_path / "bundle")
+    image = tmp_path / "red.png"
+    cv2.imwrite(str(image), np.ascontiguousarray(solid((220, 20, 20))[..., ::-1]))
+    path = tmp_path / "gpu.toml"
+    path.write_text(f'name = "in-graph-board"\nbundle = "{bundle}"\ndefense = "in-graph"\n')
+    result = CliRunner().invoke(app, ["infer", str(image), "--profile", str(path)])
+    assert result.exit_code == 2 and "--in-graph-jpeg" in result.stderr
