@@ -573,7 +573,7 @@ def bench(
     ctx: typer.Context,
     bundle: str | None = typer.Option(
         None, "--bundle",
-        help="Bundle directory (default: the shipped export/gtsrb-shield)."),
+        help="Bundle directory (default: the shipped export/gtsrb-shield-r14)."),
     batch: str = typer.Option("1,8,32", "--batch", help="Comma-separated batch sizes (images per classify call)."),
     iterations: int = typer.Option(50, "--iterations", help="Timed calls per batch size and variant."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed calls before them."),

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from edge_guard.bundle import DEFAULT_BUNDLE
 from edge_guard.errors import ConfigError, expected_got
 from edge_guard.schema import decode
 from edge_guard.spec import NonEmptyStr, Positive, Precision, Spec
@@ -60,7 +61,7 @@ class Profile(Spec, kw_only=True):
 
     name: NonEmptyStr
     description: str = ""
-    bundle: NonEmptyStr = "gtsrb-shield"
+    bundle: NonEmptyStr = DEFAULT_BUNDLE
     precision: Precision = Precision.FP32
     providers: Annotated[tuple[ProviderProfile, ...], msgspec.Meta(min_length=1)] = (ProviderProfile(name="cpu"),)
     allow_fallback: bool = False  # a provider that fails to start: run on the next one (logged) instead of stopping
