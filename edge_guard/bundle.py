@@ -31,6 +31,7 @@ from edge_guard.spec import DefenseKind, DefenseSpec, InputSpec, MemberSpec, Non
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 ENV_BUNDLE = "EDGEGUARD_BUNDLE"
+SHIPPED_BUNDLES = Path(__file__).parent / "bundles"  # links to export/ in the source tree; copied into wheels
 DEFAULT_BUNDLE = "gtsrb-shield-r14"  # 98.65% on the official GTSRB test set (the compact gtsrb-shield: 96.31%)
 
 _CHUNK = 1 << 20  # 1 MiB: hash large ONNX files without loading them whole
@@ -347,14 +348,15 @@ def write_manifest(bundle_dir: str | Path, manifest: Manifest | dict[str, Any]) 
 
 
 def default_bundle_path() -> Path:
-    """The shipped default bundle: $EDGEGUARD_BUNDLE if set, else <repo>/export/gtsrb-shield-r14 (the accurate
-    ResNet-14 ensemble; export/gtsrb-shield, the compact one, is for Raspberry-Pi-class CPUs)."""
+    """The shipped default bundle: $EDGEGUARD_BUNDLE if set, else gtsrb-shield-r14 (the accurate ResNet-14
+    ensemble; gtsrb-shield, the compact one, is for Raspberry-Pi-class CPUs) from the package's bundles/ folder,
+    which is export/ in a source tree and a copy of it inside an installed wheel."""
     env = os.environ.get(ENV_BUNDLE)
     if env:
         path = Path(env).expanduser()
         source = f"${ENV_BUNDLE}"
     else:
-        path = Path(__file__).resolve().parent.parent / "export" / DEFAULT_BUNDLE
+        path = SHIPPED_BUNDLES / DEFAULT_BUNDLE
         source = "the default location"
     if not (path / MANIFEST_NAME).is_file():
         raise BundleError(f"No bundle is shipped at {path} ({source}): expected a directory with {MANIFEST_NAME}. "

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from edge_guard.bundle import DEFAULT_BUNDLE
+from edge_guard.bundle import DEFAULT_BUNDLE, SHIPPED_BUNDLES
 from edge_guard.errors import ConfigError, expected_got
 from edge_guard.schema import decode
 from edge_guard.spec import NonEmptyStr, Positive, Precision, Spec
@@ -29,7 +29,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "firmware_profiles"
+PROFILES_DIR = Path(__file__).parent / "firmware_profiles"  # links to firmware_profiles/; copied into wheels
 OptionValue = str | int | float | bool
 Box = Annotated[tuple[int, int, int, int], msgspec.Meta(description="a box [x1, y1, x2, y2] in frame pixels")]
 
@@ -83,7 +83,7 @@ class Profile(Spec, kw_only=True):
         if given.is_absolute() or given.exists():
             return given
         name = self.bundle if self.precision == Precision.FP32 else f"{self.bundle}-{self.precision.value}"
-        return PROFILES_DIR.parent / "export" / name
+        return SHIPPED_BUNDLES / name
 
     def check_bundle(self, bundle: Any) -> None:
         """ConfigError when the loaded bundle does not place its JPEG step where the profile says."""

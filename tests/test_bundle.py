@@ -218,7 +218,7 @@ def test_default_bundle_path_honours_env(bdir, monkeypatch, tmp_path):
 
 def test_default_bundle_path_is_repo_export_dir(monkeypatch):
     monkeypatch.delenv("EDGEGUARD_BUNDLE", raising=False)
-    shipped = Path(bundle_mod.__file__).resolve().parent.parent / "export" / "gtsrb-shield-r14"
+    shipped = Path(bundle_mod.__file__).parent / "bundles" / "gtsrb-shield-r14"  # export/ in this tree
     if (shipped / "manifest.json").is_file():
         assert default_bundle_path() == shipped
     else:
