@@ -9,9 +9,10 @@ TORCH_INDEX ?=
 
 .PHONY: demo test setup setup-dev system-deps clean
 
-# The main job on built-in defaults: self-check, then the shipped bundle's per-stage latency.
+# The main job on built-in defaults: self-check, a rendered dash-cam clip read through `infer`, then latency.
 demo: setup
 	$(BIN)/edgeguard doctor
+	$(BIN)/edgeguard demo --out demo-output
 	$(BIN)/edgeguard bench --batch 1,8 --iterations 20 --threads 1
 
 test: setup-dev
