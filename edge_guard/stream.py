@@ -179,12 +179,11 @@ def _boxes(frame: Frame, image: np.ndarray, regions: Regions, scale: int) -> tup
     return boxes, kept_scores, skipped
 
 
-def _scale_for(frame: Frame, regions: Regions, need: tuple[int, int], allow: bool) -> int:
-    """The DCT scale to decode a JPEG frame at (1 for decoded frames, the detector, or when not allowed)."""
-    if not allow or frame.jpeg is None or regions.kind == "detector":
-        return 1
-    size = jpeg_size(frame.jpeg)
-    if size is None:
+def _scale_for(frame: Frame, size: tuple[int, int] | None, regions: Regions, need: tuple[int, int],
+               allow: bool) -> int:
+    """The DCT scale to decode a JPEG frame of `size` (its header's) at: 1 for decoded frames, the detector,
+    an unknown size, or when not allowed."""
+    if not allow or size is None or regions.kind == "detector":
         return 1
     if regions.kind == "center":
         return dct_scale(size[0], size[1], None, need)
@@ -198,14 +197,15 @@ def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confiden
     """Decode one frame, cut its regions and classify them. Raises FrameError when it does not decode."""
     t0 = time.perf_counter()
     need = (guard.bundle.input.height, guard.bundle.input.width)
-    scale = _scale_for(frame, regions, need, dct_scaling)
+    size = jpeg_size(frame.jpeg) if frame.jpeg is not None else None  # (width, height), read once per frame
+    scale = _scale_for(frame, size, regions, need, dct_scaling)
     image, warnings = decode_frame(frame, scale=scale, backend=backend, max_pixels=max_pixels)
     t1 = time.perf_counter()
     boxes, scores, skipped = _boxes(frame, image, regions, scale)
     preds = guard.classify(image, rois=[boxes]) if boxes else []
     members = len(guard.bundle.members)
     out = []
-    full_w, full_h = (jpeg_size(frame.jpeg) or (0, 0)) if scale > 1 and frame.jpeg else (image.shape[1], image.shape[0])
+    full_w, full_h = size if size is not None and scale > 1 else (image.shape[1], image.shape[0])
     for box, score, p in zip(boxes, scores, preds):
         agreement = p.votes.count(p.class_id) / members
         known = p.confidence >= min_confidence

@@ -16,7 +16,7 @@ and reconnect with capped exponential backoff; see `edge_guard.sources.base`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from edge_guard.errors import InputError, expected_got
@@ -24,13 +24,22 @@ from edge_guard.sources.base import LiveSource, Source, SourceStats, StreamSourc
 from edge_guard.sources.capture import CameraSettings, open_camera, open_stream_url, open_video_file
 from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError, decode_frame
 from edge_guard.sources.images import GLOB_CHARS, IMAGE_SUFFIXES, open_images
-from edge_guard.sources.pipes import is_mjpeg_url, open_http_mjpeg, open_stdin
+from edge_guard.sources.mjpeg import Broken
+from edge_guard.sources.pipes import NotMjpeg, open_http_mjpeg, open_stdin
 
 __all__ = ["GLOB_CHARS", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "CameraSettings", "Frame", "FrameError", "LiveSource",
            "Source", "SourceStats", "StreamSource", "decode_frame", "kind_of", "open_source"]
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".webm", ".mjpeg", ".mjpg", ".m4v", ".ts", ".mpg", ".mpeg")
 _CAMERA = re.compile(r"^(\d+|/dev/video\d+)$")
+
+
+def open_http(url: str) -> Iterable[Frame | Broken]:
+    """An http(s) source in one request: MJPEG when the server sends it, else the stream through FFmpeg."""
+    try:
+        return open_http_mjpeg(url)
+    except NotMjpeg:
+        return open_stream_url(url)
 
 
 def kind_of(spec: str) -> str:
@@ -78,8 +87,7 @@ def open_source(specs: str | Sequence[str], *, recursive: bool = False, camera: 
     if kind == "rtsp":
         return LiveSource(spec, lambda: open_stream_url(spec), **live)
     if kind == "http":
-        opener = (lambda: open_http_mjpeg(spec)) if is_mjpeg_url(spec) else (lambda: open_stream_url(spec))
-        return LiveSource(spec, opener, **live)
+        return LiveSource(spec, lambda: open_http(spec), **live)
     if kind == "video":
         return StreamSource(spec, lambda: open_video_file(spec))
     return StreamSource(specs[0] if len(specs) == 1 else f"{len(specs)} paths",

@@ -17,6 +17,11 @@ from edge_guard.sources.mjpeg import Broken, split_jpegs
 
 CHUNK = 1 << 16  # 64 KiB reads: a few per 1080p frame
 HTTP_TIMEOUT_S = 5.0  # connect and read timeout; a silent stream counts as lost after it
+MJPEG_TYPES = ("multipart/", "image/jpeg", "video/x-motion-jpeg")  # Content-Type prefixes of MJPEG over HTTP
+
+
+class NotMjpeg(InputError):
+    """The HTTP server answered, but not with MJPEG (a video for FFmpeg, or an error page)."""
 
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:
@@ -50,23 +55,13 @@ def open_http_mjpeg(url: str, *, timeout: float = HTTP_TIMEOUT_S) -> Iterator[Fr
     except (ValueError, http.client.InvalidURL) as exc:  # a malformed address: no retry will fix it
         raise InputError(f"{url}: not a valid URL ({exc}).") from None
     kind = response.headers.get("Content-Type", "")
-    if not (kind.startswith("multipart/") or kind.startswith("image/jpeg") or kind.startswith("video/x-motion-jpeg")):
+    if not kind.startswith(MJPEG_TYPES):
         response.close()
-        raise InputError(f"{url}: expected an MJPEG stream (multipart/x-mixed-replace or image/jpeg), got Content-Type "
-                         f"{kind or 'none'!r}.")
+        raise NotMjpeg(f"{url}: expected an MJPEG stream (multipart/x-mixed-replace or image/jpeg), got Content-Type "
+                       f"{kind or 'none'!r}.")
 
     def frames() -> Iterator[Frame | Broken]:
         with response:
             yield from _frames(split_jpegs(_chunks(response)), url)
 
     return frames()
-
-
-def is_mjpeg_url(url: str, *, timeout: float = HTTP_TIMEOUT_S) -> bool:
-    """Whether an http(s) URL serves MJPEG (else it is left to OpenCV's FFmpeg backend)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
-            kind = response.headers.get("Content-Type", "")
-    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
-        return True  # unreachable or malformed: the MJPEG opener reports it (and a live source retries)
-    return kind.startswith(("multipart/", "image/jpeg", "video/x-motion-jpeg"))

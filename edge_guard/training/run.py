@@ -189,12 +189,9 @@ def _load_single(path: Path) -> Run:
 
 
 def _load_ensemble(root: Path) -> Run:
-    try:
-        data = json.loads((root / ENSEMBLE_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ConfigError(f"cannot read {root / ENSEMBLE_FILE}: {type(exc).__name__}: {exc}") from None
-    spec = decode(data, EnsembleFile, error=ConfigError, fix="Re-run edgeguard vaccinate to rewrite it.",
-                  root=str(root / ENSEMBLE_FILE))
+    path = root / ENSEMBLE_FILE
+    spec = decode(_read_json(path), EnsembleFile, error=ConfigError, fix="Re-run edgeguard vaccinate to rewrite it.",
+                  root=str(path))
     members, ckpts = [], []
     for entry in spec.members:
         model, ckpt = _load(root / entry.checkpoint)
