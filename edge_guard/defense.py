@@ -6,8 +6,9 @@ member sees the same bytes wherever it runs:
     x = member_inputs(crops, bundle.defense, bundle.members, rng=0)   # uint8 (N,H,W,3) or (M,N,H,W,3)
     tensor = bundle.input.to_tensor(x)                                 # float32 (...,3,H,W)
 
-Each JPEG quality is round-tripped once per batch, shared by the JPEG members at that quality and
-by an SLQ member, whose block pick then mixes those same versions (bit-identical to `jpeg.slq`).
+Each JPEG quality is round-tripped once per batch (all qualities in one `jpeg.roundtrips` call, so
+one thread-pool dispatch), shared by the JPEG members at that quality and by an SLQ member, whose
+block pick then mixes those same versions (bit-identical to `jpeg.slq`).
 """
 
 from __future__ import annotations
@@ -37,20 +38,18 @@ def member_inputs(batch: np.ndarray, defense: DefenseSpec, members: Sequence[Mem
         if defense.kind == DefenseKind.JPEG:
             return jpeg.roundtrip(batch, defense.qualities[0], **opts)
         return jpeg.slq(batch, defense.qualities, rng=rng, **opts)  # one draw shared by all members
-    versions: dict[int, np.ndarray] = {}
-
-    def at(quality: int) -> np.ndarray:
-        if quality not in versions:
-            versions[quality] = jpeg.roundtrip(batch, quality, **opts)
-        return versions[quality]
-
+    needed = [int(m.quality) for m in members if m.vaccination == Vaccination.JPEG]  # type: ignore[arg-type]
+    if any(m.vaccination == Vaccination.SLQ for m in members):
+        needed += list(defense.qualities)
+    distinct = list(dict.fromkeys(needed))  # every quality once, in one call (one pool dispatch)
+    versions = dict(zip(distinct, jpeg.roundtrips(batch, distinct, **opts))) if distinct else {}
     generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     out = []
     for member in members:
         if member.vaccination == Vaccination.JPEG:
-            out.append(at(int(member.quality)))  # type: ignore[arg-type]  # the schema requires it for JPEG
+            out.append(versions[int(member.quality)])  # type: ignore[arg-type]  # the schema requires it for JPEG
         elif member.vaccination == Vaccination.SLQ:
-            out.append(jpeg.slq_mix([at(q) for q in defense.qualities], generator))
+            out.append(jpeg.slq_mix([versions[q] for q in defense.qualities], generator))
         else:
             out.append(batch)
     return np.stack(out)

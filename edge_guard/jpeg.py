@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge_guard import codec_batch
 from edge_guard.errors import CodecError, InputError, expected_got
 from edge_guard.spec import DEFAULT_SLQ_QUALITIES as DEFAULT_SLQ_QUALITIES  # re-exported: SLQ's default set
 from edge_guard.spec import CodecBackend, Subsampling
@@ -97,6 +98,7 @@ def as_batch(images: np.ndarray) -> tuple[np.ndarray, bool]:
 
 class _Codec(Protocol):
     name: str
+    run_batch: Any  # (src, dst, quality, subsampling) -> None: round-trips a contiguous chunk (codec_batch)
 
     def encode(self, image: np.ndarray, quality: int, subsampling: str) -> bytes: ...
 
@@ -118,6 +120,11 @@ class _TurboCodec:
         self._handle = turbojpeg.TurboJPEG()
         self._samp = {"420": turbojpeg.TJSAMP_420, "422": turbojpeg.TJSAMP_422, "444": turbojpeg.TJSAMP_444}
         self._flags = turbojpeg.TJFLAG_ACCURATEDCT
+        try:  # the same library through ctypes, with persistent handles: batches (edge_guard.codec_batch)
+            self.run_batch = codec_batch.TurboBatch().run
+        except (OSError, AttributeError) as exc:
+            log.info("batched libturbojpeg calls unavailable (%s); round trips go through PyTurboJPEG", exc)
+            self.run_batch = codec_batch.generic_run(self)
 
     def encode(self, image: np.ndarray, quality: int, subsampling: str) -> bytes:
         return self._handle.encode(
@@ -141,6 +148,7 @@ class _OpenCVCodec:
         import cv2
 
         self._cv2 = cv2
+        self.run_batch = codec_batch.generic_run(self)
         self._samp = {
             "420": getattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR_420", None),
             "422": getattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR_422", None),
@@ -309,13 +317,24 @@ def roundtrip(
         uint8 RGB array of the same shape. Deterministic for a given backend and library version.
     """
     batch, single = as_batch(images)
-    quality = check_quality(quality)
-    subsampling = check_subsampling(subsampling)
-    codec = _codec(resolve_backend(backend))
-    out = np.empty_like(batch)
-    for i, image in enumerate(batch):
-        out[i] = codec.decode(codec.encode(image, quality, subsampling))
+    out = roundtrips(batch, [check_quality(quality)], subsampling=subsampling, backend=backend)[0]
     return out[0] if single else out
+
+
+def roundtrips(
+    images: np.ndarray, qualities: Sequence[int], *, subsampling: str = "420", backend: str = "auto",
+    threads: int | None = None,
+) -> list[np.ndarray]:
+    """`roundtrip` at several qualities at once: one array per quality, in the order given, each image
+    round-tripped once per distinct quality. Large batches run on a thread pool (`edge_guard.codec_batch`;
+    threads=None: its default, 1: serial); the output does not depend on the thread count."""
+    batch, single = as_batch(images)
+    wanted = _check_qualities(qualities)
+    distinct = list(dict.fromkeys(wanted))
+    codec = _codec(resolve_backend(backend))
+    done = dict(zip(distinct, codec_batch.roundtrip_batch(batch, distinct, check_subsampling(subsampling),
+                                                          codec.run_batch, threads=threads)))
+    return [done[q][0] if single else done[q] for q in wanted]
 
 
 def _check_qualities(qualities: Sequence[int]) -> list[int]:
@@ -348,8 +367,7 @@ def slq(
         uint8 RGB array of the same shape as `images`.
     """
     batch, single = as_batch(images)
-    out = slq_mix([roundtrip(batch, q, subsampling=subsampling, backend=backend) for q in _check_qualities(qualities)],
-                  rng)
+    out = slq_mix(roundtrips(batch, qualities, subsampling=subsampling, backend=backend), rng)
     return out[0] if single else out
 
 

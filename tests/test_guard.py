@@ -177,8 +177,8 @@ def test_per_member_defense_applies_each_members_quality(bundles):
 def test_per_member_classify_feeds_each_member_its_own_tensor(bundles, monkeypatch):
     guard = Guard.from_bundle(bundles["pm"], use_fused=False, threads=1)
     calls, fed = [], []
-    real_roundtrip, real_run = jpeg.roundtrip, guard.engine.run
-    monkeypatch.setattr(jpeg, "roundtrip", lambda imgs, q, **kw: calls.append(q) or real_roundtrip(imgs, q, **kw))
+    real_roundtrip, real_roundtrips, real_run = jpeg.roundtrip, jpeg.roundtrips, guard.engine.run
+    monkeypatch.setattr(jpeg, "roundtrips", lambda imgs, qs, **kw: calls.extend(qs) or real_roundtrips(imgs, qs, **kw))
     monkeypatch.setattr(guard.engine, "run", lambda x: fed.append(x) or real_run(x))
     images = _images(2, size=(H, W))  # already the input size: no resize
     preds = guard.classify(images)
@@ -196,7 +196,7 @@ def test_per_member_classify_feeds_each_member_its_own_tensor(bundles, monkeypat
 def test_shared_slq_runs_once_per_classify(bundles, monkeypatch):
     guard = Guard.from_bundle(bundles["slq"], seed=0, threads=1)
     calls, direct, inside = [], [], [False]
-    real_slq, real_roundtrip = jpeg.slq, jpeg.roundtrip
+    real_slq, real_roundtrips = jpeg.slq, jpeg.roundtrips
 
     def slq(imgs, qs, **kw):
         calls.append((imgs.shape, tuple(qs)))
@@ -206,13 +206,13 @@ def test_shared_slq_runs_once_per_classify(bundles, monkeypatch):
         finally:
             inside[0] = False
 
-    def roundtrip(imgs, q, **kw):  # SLQ compresses at each quality itself; nothing else may
+    def roundtrips(imgs, qs, **kw):  # SLQ compresses at each quality itself; nothing else may
         if not inside[0]:
-            direct.append(q)
-        return real_roundtrip(imgs, q, **kw)
+            direct.append(tuple(qs))
+        return real_roundtrips(imgs, qs, **kw)
 
     monkeypatch.setattr(jpeg, "slq", slq)
-    monkeypatch.setattr(jpeg, "roundtrip", roundtrip)
+    monkeypatch.setattr(jpeg, "roundtrips", roundtrips)
     assert len(guard.classify(_images(4))) == 4
     assert calls == [((4, H, W, 3), (20, 40, 60, 80))] and direct == []
     guard.classify(_images(2, seed=1))
