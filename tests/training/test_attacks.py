@@ -262,7 +262,7 @@ def test_bad_inputs_raise_input_error(model, batch) -> None:
 
 
 def test_registry_creates_attacks_by_name(model) -> None:
-    assert list_attacks() == ["cw", "deepfool", "fgsm", "pgd"]
+    assert list_attacks() == ["apgd-ce", "apgd-dlr", "cw", "deepfool", "fgsm", "pgd"]
     attack = create_attack("PGD", model, eps=2 / 255, steps=3)
     assert isinstance(attack, PGD) and attack.steps == 3 and attack.eps == pytest.approx(2 / 255)
     assert "eps=" in repr(attack)

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from edge_guard.errors import ConfigError, expected_got
+from edge_guard.training.attacks.apgd import APGD, APGDCE, APGDDLR, dlr_loss
 from edge_guard.training.attacks.base import Attack
 from edge_guard.training.attacks.bpda import BPDAJPEG, BPDASLQ, bpda
 from edge_guard.training.attacks.cw import CW
@@ -37,11 +38,12 @@ from edge_guard.training.attacks.fgsm import FGSM
 from edge_guard.training.attacks.metrics import AttackMetrics, attack_metrics, perturbation_norms, predict
 from edge_guard.training.attacks.pgd import PGD
 
-ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "deepfool": DeepFool, "cw": CW}
+ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "apgd-ce": APGDCE, "apgd-dlr": APGDDLR,
+                                    "deepfool": DeepFool, "cw": CW}
 
 
 def list_attacks() -> list[str]:
-    """Registered attack names, e.g. ['cw', 'deepfool', 'fgsm', 'pgd']."""
+    """Registered attack names, e.g. ['apgd-ce', 'apgd-dlr', 'cw', 'deepfool', 'fgsm', 'pgd']."""
     return sorted(ATTACKS)
 
 
@@ -61,7 +63,8 @@ def create_attack(name: str, model: nn.Module, **kwargs: Any) -> Attack:
 
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackMetrics", "BPDAJPEG", "BPDASLQ", "CW", "DeepFool", "DefendedModel", "EOT",
-    "FGSM", "PGD", "attack_metrics", "bpda", "create_attack", "ensemble_defended", "jpeg_defended",
+    "APGD", "APGDCE", "APGDDLR", "ATTACKS", "Attack", "AttackMetrics", "BPDAJPEG", "BPDASLQ", "CW", "DeepFool",
+    "DefendedModel", "EOT",
+    "FGSM", "PGD", "attack_metrics", "bpda", "create_attack", "dlr_loss", "ensemble_defended", "jpeg_defended",
     "list_attacks", "make_defense", "perturbation_norms", "predict", "slq_defended", "vote",
 ]
