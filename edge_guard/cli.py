@@ -97,6 +97,17 @@ def _training_half() -> None:
                                        f"Install the training extra: {TRAIN_EXTRA}")) from None
 
 
+DISTRIBUTED_HELP = ("Data-parallel under torchrun (DDP: NCCL on GPUs, gloo on CPUs); --batch-size is the global "
+                    "batch, split over the ranks; rank 0 writes. See docs/scaling.md.")
+
+
+def _join_group(enabled: bool, device: str) -> Any:
+    """With --distributed: join torchrun's process group (edge_guard.training.distributed); the World."""
+    from edge_guard.training import distributed
+
+    return distributed.init_from_env(device) if enabled else distributed.World()
+
+
 def _apply_profile(ctx: typer.Context, profile: Any, values: dict[str, Any]) -> dict[str, Any]:
     """Fill each option the profile sets, unless it was given on the command line (then say it wins).
     values: option name -> the profile's value for it (None: the profile leaves it alone)."""
@@ -301,10 +312,13 @@ def train(
     cache_dir: str | None = typer.Option(
         None, "--cache-dir",
         help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
+    distributed: bool = typer.Option(False, "--distributed", envvar="EDGEGUARD_DISTRIBUTED", help=DISTRIBUTED_HELP),
 ) -> None:
     """Train a base classifier and measure its accuracy on clean, JPEG-compressed and SLQ validation images.
 
     Example: edgeguard train --data data/gtsrb --model compact_cnn --epochs 15 --out runs/base
+
+    Data-parallel on 2 processes: torchrun --nproc_per_node 2 -m edge_guard.training train --data data/gtsrb --threads 1 --out runs/base
     """
     _training_half()
     from edge_guard.training.config import TrainConfig
@@ -317,7 +331,10 @@ def train(
                          jpeg_p=jpeg_p,
                          eval_qualities=tuple(parse_qualities_or_none(eval_qualities, "--eval-qualities")),
                          low_res=tuple(parse_low_res(low_res)))
-    _print(train_model(config, cache_dir=cache_dir, echo=typer.echo).summary())
+    world = _join_group(distributed, device)
+    result = train_model(config, cache_dir=cache_dir, echo=typer.echo if world.main else None)
+    if world.main:
+        _print(result.summary())
 
 
 @app.command()
@@ -361,6 +378,8 @@ def vaccinate(
     cache_dir: str | None = typer.Option(
         None, "--cache-dir",
         help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
+    distributed: bool = typer.Option(False, "--distributed", envvar="EDGEGUARD_DISTRIBUTED",
+                                     help=DISTRIBUTED_HELP + " Each member trains on all ranks."),
 ) -> None:
     """Fine-tune JPEG-vaccinated members (one per quality, plus SLQ) from a base checkpoint; report the ensemble.
 
@@ -377,12 +396,15 @@ def vaccinate(
     if not qualities.strip():
         raise ConfigError(expected_got("--qualities", "comma-separated JPEG qualities like 20,40,60,80, or none "
                                        "(only the SLQ member)", "''"))
+    world = _join_group(distributed, device)
     result = vaccinate_members(
         base, data=data, qualities=parse_qualities_or_none(qualities, "--qualities"), slq=slq,
         epochs=epochs, shared_epochs=shared_epochs, val_every=val_every, lr=lr, adversarial=adversarial,
         num_threads=threads, device=device, subsampling=subsampling.value, backend=backend.value, out_dir=out, resume=resume,
-        cache_dir=cache_dir, echo=typer.echo, eval_qualities=measured_at)
-    _print(result.summary())
+        cache_dir=cache_dir, echo=typer.echo if world.main else None, eval_qualities=measured_at,
+        progress=world.main)
+    if world.main:
+        _print(result.summary())
 
 
 @app.command()

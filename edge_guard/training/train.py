@@ -1,5 +1,7 @@
 """Training loop and base-model training. No module-level state: everything a run needs is passed in,
 so a DDP wrapper can call `fit` per rank.
+Under torchrun (`edgeguard train --distributed`, edge_guard.training.distributed) every rank runs `fit`: each
+trains on its share of every batch through DistributedDataParallel and rank 0 alone validates and writes.
 
     cfg = TrainConfig(data="data/gtsrb", epochs=15, out_dir="runs/base")
     result = train(cfg)            # loads + splits the data, trains, writes the run folder
@@ -30,6 +32,7 @@ from torch import nn
 from edge_guard import jpeg
 from edge_guard.errors import ConfigError, expected_got
 from edge_guard.progress import progress_bar
+from edge_guard.training import distributed
 from edge_guard.training.checkpoint import build_checkpoint, make_vaccination, read_checkpoint, save_checkpoint
 from edge_guard.training.config import TrainConfig
 from edge_guard.training.data import Dataset, load_dataset, split_by_track
@@ -142,7 +145,10 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     if last_path.exists() and not config.resume:
         raise ConfigError(expected_got(f"output folder {out}", "a new folder", "a folder with a run (last.pt)",
                                        "pass --resume to continue it, or choose another --out."))
-    log = RunLog(out / "train.log", echo)
+    w = distributed.world()  # rank 0 of 1 unless started by torchrun with --distributed
+    distributed.check_batch(config.batch_size, w)
+    log: Callable[[str], None] = RunLog(out / "train.log", echo) if w.main else (lambda _msg: None)
+    progress = progress and w.main
     device, steps, optimizer, scheduler = _prepare(model, train_set, config)
     run_config = _resolved_config(config, model, model_kwargs, train_set, val_set, vaccination, device)
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "history": []}
@@ -155,7 +161,9 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
             optimizer.load_state_dict(copy.deepcopy(start.optimizer))  # Adam's moments update in place
             scheduler.load_state_dict(start.scheduler)
             state["epoch"] = start.epochs
-    (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    if w.main:
+        (out / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    forward = distributed.wrap(model, w)  # after loading: DDP starts every rank from rank 0's weights
 
     t_start = time.perf_counter()
     log(f"train {config.model} ({count_parameters(model)} params) on {len(train_set)} images, "
@@ -168,10 +176,11 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     best_logits: dict[str, np.ndarray] = {}  # the best epoch's logits on views[val_view], reused at the end
     for epoch in range(state["epoch"], config.epochs):
         t0 = time.perf_counter()
-        loss, acc = _train_epoch(model, optimizer, scheduler, train_set, config, epoch, steps, train_transform,
+        loss, acc = _train_epoch(forward, optimizer, scheduler, train_set, config, epoch, steps, train_transform,
                                  progress)
         side = config.side_at(epoch)  # a low-res epoch is not validated: it is not the model's input size
-        validate = ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs) and side == config.size
+        validate = ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs) and side == config.size \
+            and w.main
         epoch_logits = predict_logits(model, val_images, device=device) if validate else None
         val_acc = logits_accuracy(epoch_logits, val_labels) if epoch_logits is not None else None
         record = {"epoch": epoch + 1, "train_loss": round(loss, 5), "train_accuracy": round(acc, 5),
@@ -183,16 +192,20 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
             state["best"], best_logits = val_acc, {val_view: epoch_logits}
         meta = dict(model_name=config.model, model_kwargs=model_kwargs, classes=list(train_set.classes),
                     input_size=train_set.size, vaccination=vaccination, run_config=run_config)
-        _save_epoch(model, optimizer, scheduler, state, record, meta, out, is_best)
+        if w.main:
+            _save_epoch(model, optimizer, scheduler, state, record, meta, out, is_best)
         log(f"{_epoch_label(config, epoch)} loss {loss:.4f} train acc {acc:.4f} val acc "
             + (f"{val_acc:.4f}{' (best)' if is_best else ''}" if val_acc is not None else "not measured")
             + f" {record['seconds']:.1f} s")
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
 
+    if not w.main:  # rank 0 measures and writes; the others take its metrics
+        return TrainResult(out, best_path, last_path, distributed.broadcast(None, w), config.epochs)
     metrics, logits = _final_metrics(best_path, model, val_set, views, val_view, state, config, device, best_logits)
     metrics.update(train_images=len(train_set), seconds=round(time.perf_counter() - t_start, 1))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    distributed.broadcast(metrics, w)
     jpeg_accs = " ".join(f"q{q}={a:.3f}" for q, a in metrics["jpeg"].items())
     log(f"best val acc {metrics['val_accuracy']:.4f} ({val_view}); clean {metrics['clean']:.4f}, "
         + (f"jpeg {jpeg_accs}, " if jpeg_accs else "") + f"slq {metrics['slq']:.4f}")
@@ -216,9 +229,12 @@ def warm_start(model: nn.Module, train_set: Dataset, config: TrainConfig, epochs
     uninterrupted run would (same learning rates, same per-epoch randomness)."""
     if not 0 < epochs < config.epochs:
         raise ConfigError(expected_got("warm-start epochs", f"1..{config.epochs - 1} (fewer than --epochs)", epochs))
+    w = distributed.world()
+    distributed.check_batch(config.batch_size, w)
     _, steps, optimizer, scheduler = _prepare(model, train_set, config)
+    forward = distributed.wrap(model, w)
     for epoch in range(epochs):
-        _train_epoch(model, optimizer, scheduler, train_set, config, epoch, steps, transform, progress)
+        _train_epoch(forward, optimizer, scheduler, train_set, config, epoch, steps, transform, progress and w.main)
     return WarmStart(epochs, copy.deepcopy(optimizer.state_dict()), scheduler.state_dict())
 
 
@@ -272,12 +288,16 @@ def _save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data: Dataset,
                  config: TrainConfig, epoch: int, steps: int, transform: BatchTransform | None,
                  progress: bool) -> tuple[float, float]:
-    """One pass over `steps` full batches (the remainder is dropped; the shuffle differs every epoch)."""
+    """One pass over `steps` full batches (the remainder is dropped; the shuffle differs every epoch).
+    model: the module to train through (DDP-wrapped under torchrun: then this rank's share of each batch).
+    Returns the epoch's mean loss and accuracy over all ranks' images."""
     device = next(model.parameters()).device
-    rng = np.random.default_rng([config.seed, epoch])  # shuffle + vaccination randomness
-    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))  # augmentation
-    torch.manual_seed(int(rng.integers(2**62)))  # dropout (the only user of the global torch RNG)
-    order = rng.permutation(len(data))
+    w = distributed.world()
+    batches = distributed.EpochBatches(len(data), config.batch_size, config.seed, w)
+    batches.set_epoch(epoch)  # the shuffle, the vaccination rng, the augmentation and dropout seeds
+    rng = batches.rng
+    gen = torch.Generator().manual_seed(batches.augment_seed)  # augmentation
+    torch.manual_seed(batches.dropout_seed)  # dropout (the only user of the global torch RNG)
     aug = config.augmentation()
     side = config.side_at(epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
@@ -285,8 +305,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
     total_loss, correct, seen = 0.0, 0, 0
     with progress_bar(enabled=progress, transient=True, fields=("loss {task.fields[loss]:.3f}",)) as bar:
         task = bar.add_task(_epoch_label(config, epoch), total=steps, loss=float("nan"))
-        for step in range(steps):
-            idx = np.sort(order[step * config.batch_size:(step + 1) * config.batch_size])
+        for idx in batches:
             x = make_batch(data.images[idx], config, aug if config.augment else None, gen, transform, rng, side)
             y = torch.from_numpy(data.labels[idx]).to(device)
             logits = model(x.to(device))
@@ -299,6 +318,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
             bar.update(task, advance=1, loss=total_loss / seen)
+    total_loss, correct, seen = distributed.all_sum([total_loss, correct, seen], w)
     return total_loss / seen, correct / seen
 
 
@@ -341,7 +361,7 @@ def _resolved_config(config: TrainConfig, model: nn.Module, model_kwargs: dict[s
         "num_classes": train_set.num_classes, "classes": list(train_set.classes), "input_size": list(train_set.size),
         "parameters": count_parameters(model), "train_images": len(train_set), "val_images": len(val_set),
         "data": train_set.report.summary(), "vaccination": vaccination, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "device": str(device),
+        "threads": torch.get_num_threads(), "device": str(device), "world_size": distributed.world().size,
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
     return json.loads(json.dumps(cfg, default=str))  # plain JSON types only (checkpoints load weights_only)

@@ -44,6 +44,7 @@ from edge_guard.engine import softmax
 from edge_guard.engine import vote as engine_vote
 from edge_guard.errors import ConfigError, expected_got
 from edge_guard.spec import MemberSpec, Vaccination, member_spec
+from edge_guard.training import distributed
 from edge_guard.training.adversarial import AdversarialConfig, adversarial_transform
 from edge_guard.training.checkpoint import load_checkpoint, make_vaccination, save_checkpoint
 from edge_guard.training.config import SLQ_QUALITIES, TrainConfig
@@ -167,11 +168,15 @@ def vaccinate(
         say(f"member {name}: val acc {members[name].metrics['val_accuracy']:.4f} on its own preprocessing "
             f"({time.perf_counter() - t0:.0f} s)")
 
+    w = distributed.world()  # under torchrun every rank trained each member; rank 0 writes, the others get its metrics
+    if not w.main:
+        return VaccinateResult(out, out / ENSEMBLE_FILE, members, distributed.broadcast(None, w))
     shutil.copy2(base_ckpt, out / "base.pt")
     ensemble = ensemble_file(base, codec, cfg, specs, adversarial, shared_epochs)
     (out / ENSEMBLE_FILE).write_text(json.dumps(ensemble.to_dict(), indent=2) + "\n")
     metrics = ensemble_metrics(members, specs, base_model, views, val_set.labels, cfg)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    distributed.broadcast(metrics, w)
     say(f"ensemble: majority vote {metrics['ensemble']['per_member']:.4f} (per-member JPEG), "
         f"{metrics['ensemble']['slq']:.4f} (SLQ); base on clean {metrics['base']['clean']:.4f}")
     return VaccinateResult(out, out / ENSEMBLE_FILE, members, metrics)
@@ -261,8 +266,9 @@ def _shared_start(model: Any, train_set: Dataset, cfg: TrainConfig, specs: Seque
     t0 = time.perf_counter()
     mixed = mixed_transform([_transform(s, cfg, model, None) for s in specs])
     start = warm_start(model, train_set, cfg, epochs, mixed, progress)
-    save_checkpoint({"settings": settings, "model": model.state_dict(), "optimizer": start.optimizer,
-                     "scheduler": start.scheduler}, path)
+    if distributed.world().main:
+        save_checkpoint({"settings": settings, "model": model.state_dict(), "optimizer": start.optimizer,
+                         "scheduler": start.scheduler}, path)
     say(f"shared start: epochs 1..{epochs} of {cfg.epochs} trained once on a mix of "
         + ", ".join(s.name for s in specs) + f" inputs ({time.perf_counter() - t0:.0f} s)")
     return start
