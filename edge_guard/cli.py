@@ -422,8 +422,10 @@ def evaluate(
         help="Crop images to their annotated ROI (auto: unless already the model's size)."),
     attacks: str = typer.Option(
         "fgsm,pgd,deepfool,cw", "--attacks",
-        help="Gray-box attacks: fgsm, pgd, deepfool, cw; none: clean accuracy only."),
-    eps: str = typer.Option("2,4,8", "--eps", help="FGSM/PGD budgets in 1/255 units (DeepFool/CW have none)."),
+        help="Gray-box attacks: fgsm, pgd, apgd-ce, apgd-dlr, deepfool, cw; none: clean accuracy only."),
+    eps: str = typer.Option(
+        "2,4,8", "--eps", help="FGSM/PGD/APGD budgets in 1/255 units (DeepFool/CW have none); the report gives the "
+                               "worst case over these attacks per image at each."),
     qualities: str = typer.Option(
         "10,20,30,40,50,60,70,80,90,100", "--qualities",
         help="JPEG qualities for base+JPEG."),
@@ -446,6 +448,8 @@ def evaluate(
         BpdaBackward.DIFFJPEG, "--bpda-backward",
         help="BPDA backward pass through the JPEG step."),
     pgd_steps: int = typer.Option(10, "--pgd-steps", help="PGD iterations (step 2.5 eps / steps)."),
+    apgd_steps: int = typer.Option(100, "--apgd-steps", help="APGD-CE/-DLR iterations per restart."),
+    apgd_restarts: int = typer.Option(1, "--apgd-restarts", help="APGD random restarts."),
     cw_steps: int = typer.Option(100, "--cw-steps", help="CW Adam steps per binary-search step."),
     cw_search_steps: int = typer.Option(5, "--cw-search-steps", help="CW binary-search steps over c."),
     batch_size: int = typer.Option(128, "--batch-size", help="Images per attack batch."),
@@ -460,6 +464,8 @@ def evaluate(
     """Attack the base, base+JPEG, the vaccinated ensemble and the SLQ ensemble, gray-box and adaptive; write a report.
 
     Example: edgeguard evaluate --models runs/shield --data data/gtsrb --attacks fgsm,pgd,deepfool,cw --eps 2,4,8 --limit 500 --out benchmarks/gtsrb-robustness
+
+    Worst case over attacks (AutoAttack rule): edgeguard evaluate --models runs/shield --attacks fgsm,pgd,apgd-ce,apgd-dlr --adaptive-attacks pgd,apgd-ce,apgd-dlr --eps 2,4,8 --limit 200
 
     Accuracy on the official test set: edgeguard evaluate --models runs/shield --data data/GTSRB --split test --roi none --attacks none --no-adaptive --limit 20000
     """
@@ -477,6 +483,7 @@ def evaluate(
         adaptive_qualities=(tuple(parse_int_list(adaptive_qualities, "--adaptive-qualities"))
                             if adaptive_qualities else None),
         adaptive_limit=adaptive_limit, eot_samples=eot_samples, bpda_backward=bpda_backward.value, pgd_steps=pgd_steps,
+        apgd_steps=apgd_steps, apgd_restarts=apgd_restarts,
         cw_steps=cw_steps, cw_search_steps=cw_search_steps, batch_size=batch_size, seed=seed, threads=threads,
         device=device,
         backend=backend.value)

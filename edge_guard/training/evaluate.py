@@ -61,13 +61,15 @@ from edge_guard.training.device import DEVICE_NAMES, is_device_name, resolve_dev
 from edge_guard.training.provenance import versions
 from edge_guard.training.report import cell_key, robustness_target, write_report
 from edge_guard.training.run import SPLITS, Run
+from edge_guard.training.worstcase import LINF_ATTACKS, pack_bits, worst_case
 
-EPS_ATTACKS = ("fgsm", "pgd")  # Linf budget: one cell per eps
+EPS_ATTACKS = LINF_ATTACKS  # Linf budget: one cell per eps
 CELLS_FILE = "cells.jsonl"
 STATE_FILE = "evaluate_state.json"
 # settings that change the numbers: a resumed run must match them
 FINGERPRINT = ("models", "data", "split", "roi", "limit", "adaptive_limit", "seed", "batch_size", "pgd_steps",
-               "cw_steps", "cw_search_steps", "bpda_backward", "eot_samples", "backend")
+               "cw_steps", "cw_search_steps", "bpda_backward", "eot_samples", "backend", "apgd_steps",
+               "apgd_restarts")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class EvalConfig:
     eot_samples: int = 8  # SLQ draws averaged per gradient (EOT)
     bpda_backward: str = "diffjpeg"  # "identity" | "diffjpeg"
     pgd_steps: int = 10  # step size alpha = 2.5 * eps / steps (Madry et al. 2018)
+    apgd_steps: int = 100  # APGD-CE / APGD-DLR iterations per restart (Croce & Hein 2020: 100)
+    apgd_restarts: int = 1
     cw_steps: int = 100
     cw_search_steps: int = 5
     batch_size: int = 128
@@ -100,7 +104,7 @@ class EvalConfig:
             bad = [a for a in names if a not in list_attacks()]
             if bad:
                 raise ConfigError(expected_got(what, f"names from {', '.join(list_attacks())}", list(names)))
-        if any(not 1 <= e <= 255 for e in self.eps) or ("fgsm" in self.attacks or "pgd" in self.attacks) \
+        if any(not 1 <= e <= 255 for e in self.eps) or any(a in EPS_ATTACKS for a in self.attacks) \
                 and not self.eps:
             raise ConfigError(expected_got("--eps", "levels 1..255 in 1/255 units, e.g. 2,4,8", list(self.eps)))
         for what, qs in (("--qualities", self.qualities), ("--adaptive-qualities", self.adaptive_qualities or ())):
@@ -109,6 +113,7 @@ class EvalConfig:
         for what, value in (("--limit", self.limit), ("--eot-samples", self.eot_samples),
                             ("--batch-size", self.batch_size), ("--pgd-steps", self.pgd_steps),
                             ("--cw-steps", self.cw_steps), ("--cw-search-steps", self.cw_search_steps),
+                            ("--apgd-steps", self.apgd_steps), ("--apgd-restarts", self.apgd_restarts),
                             ("--adaptive-limit", self.adaptive_limit or 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(expected_got(what, "a positive integer", repr(value)))
@@ -153,6 +158,10 @@ class EvalResult:
                 lines.append(f"gray-box {name}: ensemble {100 * t['ensemble_success']:.1f}% vs base "
                              f"{100 * t['base_success']:.1f}% misclassification success "
                              f"({'holds' if t['holds'] else 'misses'} the 1/3 target)")
+        for row in r.get("worst_case", []):
+            if row["system"] == "ensemble":
+                lines.append(f"{row['threat']} worst case over {', '.join(row['attacks'])} at {row['eps']}/255: "
+                             f"ensemble {100 * row['robust_accuracy']:.1f}% robust ({row['n']} images)")
         lines.append(f"wrote {self.out_dir / 'report.md'} ({len(r['cells'])} cells, {r['elapsed_s']:.0f} s)")
         return lines
 
@@ -362,7 +371,7 @@ class _Context:
         correct = self.clean_pred(system) == self.y
         self.store.add({"key": key, "threat": "clean", "attack": "none", "eps": None, "system": system.name,
                         "quality": system.quality, "n": len(self.y), "n_correct": int(correct.sum()),
-                        "accuracy": float(correct.float().mean())})
+                        "accuracy": float(correct.float().mean()), "correct_bits": pack_bits(correct.cpu().numpy())})
 
     def score(self, threat: str, attack: str, eps: int | None, system: System, adv: Tensor, seconds: float,
               crafted_on: str, params: dict[str, Any]) -> None:
@@ -383,6 +392,7 @@ class _Context:
             "linf_all_mean": float(linf.mean()), "linf_all_median": float(linf.median()),
             "attack_seconds": round(seconds, 3), "eval_seconds": round(time.perf_counter() - t0, 3),
             "crafted_on": crafted_on, "attack_params": params,
+            "correct_bits": pack_bits((adv_pred == y).cpu().numpy()),  # per image, for the worst case over attacks
         })
 
 
@@ -394,6 +404,8 @@ def attack_kwargs(name: str, eps: int | None, config: EvalConfig, seed: int) -> 
         e = eps / 255
         return {"eps": e, "alpha": 2.5 * e / config.pgd_steps, "steps": config.pgd_steps, "random_start": True,
                 "generator": torch.Generator().manual_seed(seed)}
+    if name in ("apgd-ce", "apgd-dlr"):
+        return {"eps": eps / 255, "steps": config.apgd_steps, "n_restarts": config.apgd_restarts, "seed": seed}
     if name == "cw":
         return {"steps": config.cw_steps, "binary_search_steps": config.cw_search_steps}
     return {}
@@ -506,6 +518,7 @@ def collect(store: CellStore, run: Run, config: EvalConfig, systems: Sequence[Sy
         "adaptive_systems": [s.name for s in adaptive] if config.adaptive else [],
         "cells": cells,
         "target": robustness_target(lookup),
+        "worst_case": worst_case(cells),  # per image over the Linf attacks at each eps (AutoAttack rule)
         "versions": versions(("matplotlib",), with_platform=True),
         "elapsed_s": round(elapsed, 1),
         "cell_seconds_total": round(sum(c.get("eval_seconds", 0) for c in cells)

@@ -14,10 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edge_guard.training.worstcase import LINF_ATTACKS, worst_case_table
+
 CSV_COLUMNS = ("threat", "attack", "eps", "system", "quality", "n", "n_correct", "n_flipped", "clean_accuracy",
                "accuracy", "success_rate", "l2_mean", "l2_median", "linf_mean", "linf_median", "l2_all_mean",
                "l2_all_median", "linf_all_mean", "linf_all_median", "attack_seconds", "eval_seconds", "crafted_on")
-ATTACK_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "deepfool": "DeepFool", "cw": "CW-L2"}
+ATTACK_NAMES = {"fgsm": "FGSM", "pgd": "PGD", "apgd-ce": "APGD-CE", "apgd-dlr": "APGD-DLR", "deepfool": "DeepFool",
+                "cw": "CW-L2"}
 
 
 def write_report(out: Path, results: dict[str, Any]) -> dict[str, Path]:
@@ -84,7 +87,7 @@ def _rows(results: dict[str, Any], threat: str) -> list[tuple[str, str, int | No
                else list(dict.fromkeys([*cfg["attacks"], *cfg["adaptive_attacks"]])))
     rows: list[tuple[str, str, int | None]] = [("no attack (clean)", "none", None)]
     for a in attacks:
-        for eps in (cfg["eps"] if a in ("fgsm", "pgd") else [None]):
+        for eps in (cfg["eps"] if a in LINF_ATTACKS else [None]):
             rows.append((f"{ATTACK_NAMES.get(a, a)}" + (f" eps {eps}/255" if eps is not None else ""), a, eps))
     return rows
 
@@ -195,10 +198,17 @@ def markdown(results: dict[str, Any], plots: Sequence[str]) -> str:
         f"ensemble). The base column is the undefended base attacked directly (the same threat as gray-box)."
         + (" Cells marked 'not run' were not attacked adaptively." if cfg["adaptive"] else ""), "",
         table(results, "adaptive") if cfg["adaptive"] else "(not run)", "",
+        "## Worst case over attacks, per image (AutoAttack rule)", "",
+        "An image counts as robust only if the system got it right when clean and after every Linf attack run "
+        "at that eps; columns are each attack's accuracy alone, in %.", "",
+        "Gray-box:", "", worst_case_table(results.get("worst_case", []), "graybox"), "",
+        "Adaptive:", "", worst_case_table(results.get("worst_case", []), "adaptive"), "",
         "## Target", "", target_text(results["target"]), "",
         "## Attacks", "",
-        f"FGSM; PGD: {cfg['pgd_steps']} steps, step 2.5 eps / steps, random start; DeepFool: 50 steps, overshoot "
-        f"0.02, 10 candidate classes; CW-L2: {cfg['cw_steps']} Adam steps, {cfg['cw_search_steps']} binary-search "
+        f"FGSM; PGD: {cfg['pgd_steps']} steps, step 2.5 eps / steps, random start; APGD-CE / APGD-DLR: "
+        f"{cfg.get('apgd_steps', 100)} steps, {cfg.get('apgd_restarts', 1)} restart(s), momentum 0.75; "
+        f"DeepFool: 50 steps, overshoot 0.02, 10 candidate classes; CW-L2: {cfg['cw_steps']} Adam steps, "
+        f"{cfg['cw_search_steps']} binary-search "
         "steps on c from 0.01. DeepFool and CW are minimum-norm attacks (no eps). Norms in [0, 1] units over "
         "all attacked images, and over the images the attack flipped on its target (gray-box: the base).", "",
         norms_table(results), "",
@@ -227,7 +237,7 @@ def plot_quality_sweeps(out: Path, results: dict[str, Any]) -> list[Path]:
     jpeg_systems = sorted((s for s in results["systems"] if s["kind"] == "jpeg"), key=lambda s: s["quality"])
     paths = []
     for attack in results["config"]["attacks"]:
-        levels = results["config"]["eps"] if attack in ("fgsm", "pgd") else [None]
+        levels = results["config"]["eps"] if attack in LINF_ATTACKS else [None]
         fig, axes = plt.subplots(1, len(levels), figsize=(3.8 * len(levels) + 2.4, 3.4), squeeze=False, sharey=True)
         for ax, eps in zip(axes[0], levels):
             def rate(threat: str, system: str, _eps: int | None = eps, _attack: str = attack) -> float | None:

@@ -319,3 +319,26 @@ def test_cli_evaluate(world, tmp_path) -> None:
                                    "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "error:" in bad.output and "zoo" in bad.output
     assert math.isfinite(res["elapsed_s"])
+
+
+def test_worst_case_over_attacks_is_the_per_image_and(world, tmp_path) -> None:
+    from edge_guard.training.worstcase import unpack_bits
+
+    config = EvalConfig(**{**SMALL, "attacks": ("fgsm", "pgd", "apgd-ce", "apgd-dlr"), "eps": (8,),
+                           "adaptive_attacks": ("apgd-ce",), "apgd_steps": 3, "limit": 16})
+    result = evaluate(world["ens"], tmp_path / "wc", config, progress=False)
+    cells = {c["key"]: c for c in result.results["cells"]}
+    rows = {(r["threat"], r["system"]): r for r in result.results["worst_case"]}
+    row = rows[("graybox", "ensemble")]
+    assert row["attacks"] == ["apgd-ce", "apgd-dlr", "fgsm", "pgd"] and row["eps"] == 8
+    n = row["n"]
+    expected = unpack_bits(cells["clean|none|-|ensemble"]["correct_bits"], n)
+    for a in row["attacks"]:
+        bits = unpack_bits(cells[f"graybox|{a}|8|ensemble"]["correct_bits"], n)
+        assert row["accuracy"][a] == pytest.approx(cells[f"graybox|{a}|8|ensemble"]["accuracy"])
+        expected &= bits
+    assert row["robust_accuracy"] == pytest.approx(expected.mean())
+    assert row["robust_accuracy"] <= min(row["accuracy"].values())
+    assert rows[("adaptive", "ensemble")]["attacks"] == ["apgd-ce"]
+    report = (tmp_path / "wc" / "report.md").read_text()
+    assert "AutoAttack rule" in report and "APGD-DLR eps 8/255" in report
