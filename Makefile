@@ -13,7 +13,7 @@ TORCH_INDEX ?=
 demo: setup
 	$(BIN)/edgeguard doctor
 	$(BIN)/edgeguard demo --out demo-output
-	$(BIN)/edgeguard bench --batch 1,8 --iterations 20 --threads 1
+	$(BIN)/edgeguard bench --frames 20 --threads 1
 
 test: setup-dev
 	$(BIN)/python -m pytest -q

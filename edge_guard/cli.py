@@ -603,63 +603,71 @@ def bench(
     bundle: str | None = typer.Option(
         None, "--bundle",
         help="Bundle directory (default: the shipped export/gtsrb-shield-r14)."),
-    batch: str = typer.Option("1,8,32", "--batch", help="Comma-separated batch sizes (images per classify call)."),
-    iterations: int = typer.Option(50, "--iterations", help="Timed calls per batch size and variant."),
-    warmup: int = typer.Option(5, "--warmup", help="Untimed calls before them."),
+    source: str | None = typer.Option(
+        None, "--source", help="Time these frames instead of rendered ones: a video, images, a camera, - or a URL "
+                               "(its first --distinct frames, cycled)."),
+    synthetic: str = typer.Option("1920x1080", "--synthetic", help="Size WxH of the rendered road scenes."),
+    frames: int = typer.Option(50, "--frames", help="Timed frames per configuration."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed frames before them."),
+    rois: int = typer.Option(4, "--rois", help="Regions (signs) per frame: crops per classify call."),
+    distinct: int = typer.Option(4, "--distinct", help="Distinct frames rendered or read, cycled through the run."),
+    compare: list[str] = typer.Option(
+        [], "--compare", help="Also time this configuration on the same frames, ratio printed; repeatable: fused, "
+                              "members, threads=N, provider=NAME, precision=fp16|int8, bundle=PATH or a bundle folder "
+                              "(default: members, when the bundle has a fused graph)."),
     providers: str = typer.Option("cpu", "--providers", help="Ordered execution providers, e.g. tensorrt,cuda,cpu."),
     threads: int | None = typer.Option(
         None, "--threads",
         help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
-    size: int = typer.Option(64, "--size", help="Side in pixels of the synthetic frames (resized to the model input)."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed for the synthetic frames and SLQ."),
-    compare: str | None = typer.Option(
-        None, "--compare",
-        help="A second bundle, timed interleaved with the first (ratio printed)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed for the rendered frames and SLQ."),
     trusted_key: list[str] = typer.Option(
         [], "--trusted-key", help="Refuse bundles not signed by this public key (edgeguard keygen); repeatable."),
     profile: str | None = typer.Option(
-        None, "--profile", help="A firmware profile or .toml file: bundle, providers, threads, batch; the p99 total "
-                                "latency is checked against its latency budget (exit 1 when over)."),
+        None, "--profile", help="A firmware profile or .toml file: bundle, providers, threads, batch (as --rois); the "
+                                "p99 latency per frame is checked against its latency budget (exit 1 when over)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the full report to this JSON file."),
 ) -> None:
-    """Measure per-stage latency (p50/p90 ms) and images/s of the pipeline; fused graph vs per-member sessions.
+    """Time the whole frame path stage by stage (decode, crop, defense, inference, vote; p50/p90/p99/max),
+    frames/s, crops/s, CPU use and peak memory, beside a bare decode of the same frames and the CPU's peak.
 
-    Example: edgeguard bench --batch 1,8 --iterations 30 --json bench.json
+    Example: edgeguard bench --synthetic 1280x720 --rois 4 --frames 50 --compare members --json bench.json
     """
     from pathlib import Path
 
     from rich.console import Console
 
-    from edge_guard.bench import BenchConfig, run_bench
+    from edge_guard.bench import BenchConfig, parse_synthetic, run_bench
 
     prof = None
-    allow_fallback, provider_options = False, None
+    allow_fallback, provider_options, dct_scaling = False, None, True
     if profile:
         from edge_guard.profiles import load_profile
 
         prof = load_profile(profile)
         p = _apply_profile(ctx, prof, {"bundle": str(prof.bundle_path()), "providers": ",".join(prof.provider_names()),
-                                       "threads": prof.threads, "batch": str(prof.batch)})
-        bundle, providers, threads, batch = p["bundle"], p["providers"], p["threads"], p["batch"]
+                                       "threads": prof.threads, "rois": prof.batch})
+        bundle, providers, threads, rois = p["bundle"], p["providers"], p["threads"], p["rois"]
         allow_fallback, provider_options = prof.allow_fallback, prof.provider_options() or None
+        dct_scaling = prof.dct_scaling
         trusted_key = [*trusted_key, *prof.trusted_keys]
-    config = BenchConfig(batches=tuple(parse_int_list(batch, "--batch")), iterations=iterations, warmup=warmup,
-                         size=size, providers=tuple(p for p in providers.split(",") if p.strip()), threads=threads,
-                         seed=seed, trusted_keys=tuple(trusted_key), provider_options=provider_options,
+    config = BenchConfig(frames=frames, warmup=warmup, rois=rois, synthetic=parse_synthetic(synthetic), source=source,
+                         distinct=distinct, compare=tuple(compare),
+                         providers=tuple(p for p in providers.split(",") if p.strip()), threads=threads, seed=seed,
+                         dct_scaling=dct_scaling, trusted_keys=tuple(trusted_key), provider_options=provider_options,
                          allow_fallback=allow_fallback)
+    config.check()
     if json_out:
         from edge_guard.output import check_output_path
 
         check_output_path(json_out, what="--json")  # before the run: a benchmark's results are never lost
-    report = run_bench(bundle, config, compare=compare)
-    console = Console()
-    console.print(report.table())
+    report = run_bench(bundle, config)
+    Console().print(report.table())
     _print(report.summary())
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         typer.echo(f"wrote {json_out}")
     if prof is not None and prof.latency_budget_ms is not None:
-        ok, line = report.budget_check(prof.latency_budget_ms, prof.batch)
+        ok, line = report.budget_check(prof.latency_budget_ms)
         typer.echo(f"profile {prof.name}: {line}")
         if not ok:
             raise typer.Exit(code=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -255,9 +256,12 @@ class Engine:
                                           f"shape {arr.shape}"))
         return arr
 
-    def run(self, batch_per_member: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    def run(self, batch_per_member: np.ndarray | Sequence[np.ndarray], *,
+            session_ms: list[float] | None = None) -> np.ndarray:
         """Run every member. Input: [N,3,H,W] shared by all members, or [M,N,3,H,W] / a list of
-        M arrays [N,3,H,W], one per member (manifest order). Returns logits float32 [M, N, C]."""
+        M arrays [N,3,H,W], one per member (manifest order). Returns logits float32 [M, N, C].
+        session_ms: a list the wall time of each session call is appended to, in ms (one entry for the
+        fused graph, one per member otherwise; `bench` reports them)."""
         x = self._check_input(batch_per_member)
         if self.use_fused:
             if self.fused_per_member and x.ndim == 4:
@@ -266,9 +270,9 @@ class Engine:
                 raise InputError(expected_got("fused engine input", "one shared batch [N,3,H,W]",
                                               f"per-member batches {x.shape}",
                                               "This fused graph takes a shared input."))
-            logits = self._sessions[0].run(["member_logits"], {"input": x})[0]
+            logits = self._timed(session_ms, self._sessions[0], "member_logits", x)
         else:
-            logits = np.stack([s.run(["logits"], {"input": x[i] if x.ndim == 5 else x})[0]
+            logits = np.stack([self._timed(session_ms, s, "logits", x[i] if x.ndim == 5 else x)
                                for i, s in enumerate(self._sessions)])
         n = x.shape[-4]
         if logits.shape != (self.num_members, n, self.bundle.num_classes):
@@ -280,6 +284,15 @@ class Engine:
             raise BundleError(expected_got("model output", "finite logits", f"NaN or inf from member(s) {bad}",
                                            "The graph or its input normalization is broken; re-export the bundle."))
         return np.asarray(logits, dtype=np.float32)
+
+    @staticmethod
+    def _timed(session_ms: list[float] | None, session: ort.InferenceSession, output: str, x: np.ndarray) -> np.ndarray:
+        if session_ms is None:
+            return session.run([output], {"input": x})[0]
+        t0 = time.perf_counter()
+        out = session.run([output], {"input": x})[0]
+        session_ms.append((time.perf_counter() - t0) * 1000.0)
+        return out
 
     def warmup(self, n: int = 2, batch: int = 1) -> None:
         """Run `n` dummy batches of zeros so the first real call pays no lazy initialisation."""

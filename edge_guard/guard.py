@@ -248,7 +248,8 @@ class Guard:
         """Run `n` dummy batches through the engine."""
         self.engine.warmup(n)
 
-    def classify(self, images: np.ndarray | Sequence[np.ndarray], rois: Any = None) -> list[Prediction]:
+    def classify(self, images: np.ndarray | Sequence[np.ndarray], rois: Any = None, *,
+                 session_ms: list[float] | None = None) -> list[Prediction]:
         """Classify images or their regions of interest.
 
         images: HxWx3 uint8 RGB, a list of them, or an NxHxWx3 batch (gray and RGBA are converted).
@@ -256,6 +257,7 @@ class Guard:
             (x1, y1, x2, y2) in pixels (x2, y2 exclusive), or a list of boxes. With a single image,
             a box or a list of boxes may be passed directly.
         Returns one Prediction per crop, image by image, each image's boxes in the order given.
+        session_ms: a list that receives each onnxruntime call's wall time in ms (`Engine.run`).
         """
         t0 = time.perf_counter()
         imgs, single = _as_images(images)
@@ -270,7 +272,7 @@ class Guard:
         t1 = time.perf_counter()
         defended = self.defend(batch)
         t2 = time.perf_counter()
-        logits = self.engine.run(self.to_tensor(defended))
+        logits = self.engine.run(self.to_tensor(defended), session_ms=session_ms)
         t3 = time.perf_counter()
         class_ids, confidence, votes = vote(softmax(logits), self.bundle.vote)
         t4 = time.perf_counter()

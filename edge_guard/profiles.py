@@ -67,7 +67,7 @@ class Profile(Spec, kw_only=True):
     allow_fallback: bool = False  # a provider that fails to start: run on the next one (logged) instead of stopping
     threads: Annotated[int, msgspec.Meta(ge=0, le=256, description="an integer in 0..256")] | None = None
     defense: Literal["cpu", "in-graph"] = "cpu"  # where the JPEG step runs: the CPU codec, or inside the graphs
-    batch: Positive = 1  # images per classify call that `bench` measures and checks the budget at
+    batch: Positive = 1  # crops per classify call: regions per frame in `bench` (--rois), its budget checked there
     queue_size: Positive = 2
     dct_scaling: bool = True  # decode camera JPEGs at the smallest DCT scale the regions allow
     latency_budget_ms: Annotated[float, msgspec.Meta(gt=0, description="milliseconds > 0")] | None = None

@@ -193,8 +193,10 @@ def _scale_for(frame: Frame, size: tuple[int, int] | None, regions: Regions, nee
 
 def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confidence: float = 0.0,
                    suspect_below: float = DEFAULT_SUSPECT_BELOW, dct_scaling: bool = True,
-                   backend: str = "auto", keep_image: bool = False, max_pixels: int = MAX_PIXELS) -> FrameResult:
-    """Decode one frame, cut its regions and classify them. Raises FrameError when it does not decode."""
+                   backend: str = "auto", keep_image: bool = False, max_pixels: int = MAX_PIXELS,
+                   session_ms: list[float] | None = None) -> FrameResult:
+    """Decode one frame, cut its regions and classify them. Raises FrameError when it does not decode.
+    session_ms: receives each onnxruntime call's wall time in ms (`Engine.run`)."""
     t0 = time.perf_counter()
     need = (guard.bundle.input.height, guard.bundle.input.width)
     size = jpeg_size(frame.jpeg) if frame.jpeg is not None else None  # (width, height), read once per frame
@@ -202,7 +204,7 @@ def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confiden
     image, warnings = decode_frame(frame, scale=scale, backend=backend, max_pixels=max_pixels)
     t1 = time.perf_counter()
     boxes, scores, skipped = _boxes(frame, image, regions, scale)
-    preds = guard.classify(image, rois=[boxes]) if boxes else []
+    preds = guard.classify(image, rois=[boxes], session_ms=session_ms) if boxes else []
     members = len(guard.bundle.members)
     out = []
     full_w, full_h = size if size is not None and scale > 1 else (image.shape[1], image.shape[0])

@@ -1,4 +1,5 @@
-"""edge_guard.bench and `edgeguard bench` on tiny bundles (few iterations: shapes of the report, not speed)."""
+"""edge_guard.bench and `edgeguard bench` on tiny bundles and small rendered frames (shapes and bookkeeping of
+the report, never speed)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edge_guard.bench import BenchConfig, run_bench, stage_stats
+from edge_guard.bench import STAGES, BenchConfig, parse_synthetic, parse_variant, percentiles, run_bench
+from edge_guard.bench.frames import layout_boxes
 from edge_guard.cli import app
 from edge_guard.errors import ConfigError
-from edge_guard.guard import STAGES
+from edge_guard.scenes import encode_frame, render_scene
 from tests.onnx_fixtures import defense_dict, make_bundle
 
-CONFIG = BenchConfig(batches=(1, 4), iterations=6, warmup=1, size=16, threads=1)
+CONFIG = BenchConfig(frames=4, warmup=1, rois=3, synthetic=(160, 96), distinct=2, threads=1)
+SMALL = ["--synthetic", "160x96", "--rois", "2", "--distinct", "1", "--warmup", "0", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -28,62 +31,80 @@ def bundles(tmp_path_factory):
             "plain": make_bundle(root / "plain")}
 
 
-def _check_stats(result, batch):
+def _check(result, crops):
     stages = result["stages"]
     assert set(stages) == set(STAGES)
     for s in STAGES:
-        assert 0 <= stages[s]["p50"] <= stages[s]["p90"]
-        assert stages[s]["mean"] > 0
-    # total >= inference call by call, so also for every percentile and the mean
-    for k in ("p50", "p90", "mean"):
-        assert stages["total"][k] >= stages["inference"][k]
-        assert stages["total"][k] >= stages["defense"][k]
-    assert result["images_per_s"] == pytest.approx(1000 * batch / stages["total"]["mean"])
+        st = stages[s]
+        assert 0 <= st["p50"] <= st["p90"] <= st["p99"] <= st["max"] and st["mean"] >= 0
+    for k in ("p50", "mean", "max"):  # total is timed around every other stage, frame by frame
+        assert stages["total"][k] >= max(stages[s][k] for s in STAGES[:-1])
+    assert stages["decode"]["mean"] > 0 and stages["inference"]["mean"] > 0
+    assert result["frames_per_s"] == pytest.approx(1000 / stages["total"]["mean"])
+    assert result["crops_per_s"] == pytest.approx(crops * result["frames_per_s"])
+    assert result["cpu_use"] > 0 and result["providers"][0] == "CPUExecutionProvider"
 
 
-def test_bench_measures_fused_and_members_at_every_batch(bundles):
+def test_bench_times_the_frame_path_of_fused_and_per_member_sessions(bundles):
     report = run_bench(bundles["fused"], CONFIG, progress=False)
     assert report.variants == ("fused", "members")
-    assert report.providers[0] == "CPUExecutionProvider" and report.members == 3
-    for variant in ("fused", "members"):
-        assert list(report.results[variant]) == ["1", "4"]
-        for b in ("1", "4"):
-            _check_stats(report.results[variant][b], int(b))
-            share = report.ratios["defense_share"][variant][b]
-            assert 0 < share < 1  # JPEG at q20 and q80 plus SLQ costs something, never more than the whole call
-    for b in ("1", "4"):
-        fused, members = (report.results[v][b]["stages"]["total"]["p50"] for v in ("fused", "members"))
-        assert report.ratios["fused_over_members"][b] == pytest.approx(fused / members)
-    json.dumps(report.to_dict())  # JSON-ready
+    assert report.frames["crops_per_frame"] == 3 and report.frames["jpeg"] and report.frames["size"] == [160, 96]
+    for name in report.variants:
+        _check(report.results[name], 3)
+    assert list(report.results["fused"]["sessions"]) == ["fused"]
+    assert list(report.results["members"]["sessions"]) == ["q20", "q80", "slq"]  # one onnxruntime call per member
+    sessions = sum(v["mean"] for v in report.results["members"]["sessions"].values())
+    assert sessions <= report.results["members"]["stages"]["inference"]["mean"]  # the sessions are inside inference
+    fused, members = (report.results[v]["stages"]["total"]["p50"] for v in report.variants)
+    assert report.ratios["members"]["over_first"] == pytest.approx(members / fused)
+    assert report.ratios["fused"]["over_full_decode"] == pytest.approx(fused / report.reference["decode_full"]["p50"])
+    assert report.reference["decode_floor"]["mean"] > 0 and report.peak_rss_mb > 10
+    assert report.limits["matmul_gflops"] > 0 and report.limits["fused"]["macs_per_crop"] > 0
+    assert report.limits["members"]["macs_per_crop"] == report.limits["fused"]["macs_per_crop"]
+    json.dumps(report.to_dict())
 
 
-def test_bench_without_fused_graph_measures_members_only(bundles):
-    report = run_bench(bundles["plain"], BenchConfig(batches=(2,), iterations=3, warmup=0, size=8), progress=False)
-    assert report.variants == ("members",) and "fused_over_members" not in report.ratios
-    _check_stats(report.results["members"]["2"], 2)
-    assert report.defense["kind"] == "none"
+def test_compare_variants_run_on_the_same_frames(bundles):
+    config = BenchConfig(frames=2, warmup=0, rois=2, synthetic=(128, 64), distinct=1,
+                         compare=("threads=2", str(bundles["plain"])))
+    report = run_bench(bundles["fused"], config, progress=False)
+    assert report.variants == ("fused", "threads=2", "plain")
+    assert report.results["plain"]["bundle"] == "tiny" and report.results["plain"]["members"] == 3
+    assert report.results["plain"]["defense"]["kind"] == "none"
+    assert report.results["plain"]["stages"]["defense"]["max"] < report.results["fused"]["stages"]["total"]["max"]
 
 
-def test_bench_compares_a_second_bundle_interleaved(bundles):
-    report = run_bench(bundles["fused"], CONFIG, compare=bundles["plain"], progress=False)
-    alone = run_bench(bundles["plain"], CONFIG, progress=False)
-    assert report.variants == ("fused", "members", "compare")
-    assert report.compare["path"] == str(bundles["plain"]) and report.compare["against"] == "fused"
-    assert report.compare["members"] == alone.members and alone.compare is None
-    for b in ("1", "4"):
-        _check_stats(report.results["compare"][b], int(b))
-        ours, theirs = (report.results[v][b]["stages"]["total"]["p50"] for v in ("fused", "compare"))
-        assert report.ratios["compare_over_bundle"][b] == pytest.approx(theirs / ours)
+def test_parse_variant_and_synthetic():
+    assert parse_variant("members").use_fused is False and parse_variant("fused").use_fused is True
+    assert parse_variant("threads=3").threads == 3 and parse_variant("provider=cuda").providers == ("cuda",)
+    assert parse_variant("precision=int8").precision == "int8"
+    assert parse_variant("bundle=x/y").bundle == "x/y"
+    assert parse_synthetic("1280x720") == (1280, 720)
+    for bad in ("threads=x", "precision=fp8", "no/such/bundle"):
+        with pytest.raises(ConfigError, match="--compare"):
+            parse_variant(bad)
+    with pytest.raises(ConfigError, match="--synthetic"):
+        parse_synthetic("1280*720")
 
 
-def test_stage_stats_percentiles():
-    timings = [{s: float(v) for s in STAGES} for v in range(1, 11)]
-    stats = stage_stats(timings)
-    assert stats["total"] == pytest.approx({"p50": 5.5, "p90": 9.1, "p99": 9.91, "mean": 5.5})
+def test_rendered_scenes_have_signs_in_their_boxes():
+    scene = render_scene(320, 180, rng=1, signs=3)
+    assert scene.image.shape == (180, 320, 3) and len(scene.boxes) == len(scene.classes) == 3
+    x1, y1, x2, y2 = scene.boxes[0]
+    inside, sky = scene.image[y1:y2, x1:x2].astype(float), scene.image[:5, :5].astype(float)
+    assert inside.std() > sky.std()  # a sign, not the flat sky
+    assert encode_frame(scene.image)[:2] == b"\xff\xd8"
+    boxes = layout_boxes(1920, 1080, 4, 32)
+    assert len(boxes) == 4 and all(x2 - x1 == 129 and y2 - y1 == 129 for x1, y1, x2, y2 in boxes)
 
 
-@pytest.mark.parametrize("config", [BenchConfig(iterations=0), BenchConfig(batches=()), BenchConfig(batches=(0,)),
-                                    BenchConfig(size=0), BenchConfig(warmup=-1)])
+def test_percentiles():
+    stats = percentiles([float(v) for v in range(1, 11)])
+    assert stats == pytest.approx({"p50": 5.5, "p90": 9.1, "p99": 9.91, "max": 10.0, "mean": 5.5})
+
+
+@pytest.mark.parametrize("config", [BenchConfig(frames=0), BenchConfig(rois=0), BenchConfig(warmup=-1),
+                                    BenchConfig(synthetic=(8, 8)), BenchConfig(distinct=0)])
 def test_bench_rejects_bad_config(bundles, config):
     with pytest.raises(ConfigError):
         run_bench(bundles["plain"], config, progress=False)
@@ -91,21 +112,33 @@ def test_bench_rejects_bad_config(bundles, config):
 
 def test_bench_cli_prints_table_and_writes_json(bundles, tmp_path):
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--bundle", str(bundles["fused"]), "--batch", "1,2", "--iterations",
-                                      "3", "--warmup", "0", "--size", "16", "--threads", "1", "--json", str(out)])
+    result = CliRunner().invoke(app, ["bench", "--bundle", str(bundles["fused"]), "--frames", "3", *SMALL,
+                                      "--json", str(out)])
     assert result.exit_code == 0, result.output
-    assert "fused" in result.stdout and "members" in result.stdout and "fused/members total" in result.stdout
+    words = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "fused" in words and "members" in words and "x a bare full decode" in words and "peak memory" in words
     report = json.loads(out.read_text())
-    assert list(report["results"]["fused"]) == ["1", "2"] and report["config"]["iterations"] == 3
-    assert np.isfinite(report["ratios"]["fused_over_members"]["2"])
-    versus = CliRunner().invoke(app, ["bench", "--bundle", str(bundles["fused"]), "--compare", str(bundles["plain"]),
-                                      "--batch", "2", "--iterations", "2", "--warmup", "0", "--size", "16"])
-    assert versus.exit_code == 0, versus.output
-    words = " ".join(versus.stdout.split())  # rich wraps long lines
-    assert "compare" in words and "compare (tiny, 3 members) / tiny fused: total p50" in words
+    assert report["variants"] == ["fused", "members"] and report["config"]["frames"] == 3
+    assert np.isfinite(report["ratios"]["members"]["over_first"])
+    assert report["machine"]["cores"] >= 1 and report["results"]["fused"]["stages"]["total"]["p99"] > 0
 
 
-@pytest.mark.parametrize("args", [["--batch", "1,x"], ["--iterations", "0"], ["--providers", "cpux"]])
+def test_bench_cli_reads_frames_from_a_source(bundles, tmp_path):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), render_scene(200, 120, rng=2).image[..., ::-1].copy())
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["bench", "--bundle", str(bundles["plain"]), "--source", str(tmp_path / "a.jpg"),
+                                      "--frames", "2", "--warmup", "0", "--rois", "2", "--threads", "1", "--json",
+                                      str(out)])
+    assert result.exit_code == 0, result.output
+    frames = json.loads(out.read_text())["frames"]
+    assert frames["origin"] == str(tmp_path / "a.jpg") and frames["size"] == [200, 120] and frames["distinct"] == 1
+    assert frames["crops_per_frame"] == 2
+
+
+@pytest.mark.parametrize("args", [["--frames", "0"], ["--providers", "cpux"], ["--synthetic", "big"],
+                                  ["--compare", "threads=many"]])
 def test_bench_cli_bad_options_exit_2(bundles, args):
     result = CliRunner().invoke(app, ["bench", "--bundle", str(bundles["plain"]), *args])
     assert result.exit_code == 2 and result.stderr.startswith("error: ")

@@ -190,7 +190,7 @@ def test_read_only_output_is_one_line(tmp_path, bundle_dir):
 
 def test_bench_json_path_is_checked_before_the_benchmark_runs(tmp_path, bundle_dir):
     line = _one_error_line(_run("bench", "--bundle", bundle_dir, "--json", tmp_path / "missing" / "x.json",
-                                "--iterations", "100000"))
+                                "--frames", "100000"))
     assert "--json" in line and "no folder" in line
 
 
@@ -357,7 +357,7 @@ def test_bench_refuses_an_unsigned_bundle_with_a_trusted_key(tmp_path, bundle_di
     from edge_guard.signing import generate_keys
 
     keys = generate_keys(tmp_path / "k")
-    line = _one_error_line(_run("bench", "--bundle", bundle_dir, "--trusted-key", keys.public, "--iterations", "1"))
+    line = _one_error_line(_run("bench", "--bundle", bundle_dir, "--trusted-key", keys.public, "--frames", "1"))
     assert "expected a signed bundle" in line
 
 

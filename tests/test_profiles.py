@@ -81,10 +81,10 @@ def test_infer_takes_the_profile_and_a_flag_wins_over_it(tmp_path):
 def test_bench_checks_the_profile_latency_budget(tmp_path):
     bundle = make_bundle(tmp_path / "bundle")
     fast = CliRunner().invoke(app, ["bench", "--profile", _profile(tmp_path, bundle, latency_budget_ms=10000.0),
-                                    "--iterations", "3", "--warmup", "0", "--size", "16"])
-    assert fast.exit_code == 0 and "latency budget: p99 total" in fast.output and "PASS" in fast.output
+                                    "--frames", "3", "--warmup", "0", "--synthetic", "96x64"])
+    assert fast.exit_code == 0 and "latency budget: p99 per frame" in fast.output and "PASS" in fast.output
     slow = CliRunner().invoke(app, ["bench", "--profile", _profile(tmp_path, bundle, latency_budget_ms=0.0001),
-                                    "--iterations", "3", "--warmup", "0", "--size", "16"])
+                                    "--frames", "3", "--warmup", "0", "--synthetic", "96x64"])
     assert slow.exit_code == 1 and "FAIL" in slow.output
 
 
@@ -103,7 +103,7 @@ def test_a_gpu_profile_passes_its_provider_options_and_refuses_to_fall_back(tmp_
     text = (f'name = "gpu"\nbundle = "{bundle}"\n[[providers]]\nname = "tensorrt"\n'
             'options = { trt_fp16_enable = true, trt_engine_cache_path = "/tmp/trt" }\n[[providers]]\nname = "cuda"\n')
     (tmp_path / "gpu.toml").write_text(text)
-    result = CliRunner().invoke(app, ["bench", "--profile", str(tmp_path / "gpu.toml"), "--iterations", "1"])
+    result = CliRunner().invoke(app, ["bench", "--profile", str(tmp_path / "gpu.toml"), "--frames", "1"])
     assert result.exit_code == 2 and "TensorrtExecutionProvider" in result.stderr  # no silent CPU fallback
     assert seen["providers"] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     assert seen["options"][0] == {"trt_fp16_enable": "True", "trt_engine_cache_path": "/tmp/trt"}
@@ -117,7 +117,7 @@ def test_a_profile_with_trusted_keys_refuses_an_unsigned_bundle(tmp_path):
     path = tmp_path / "signed.toml"
     path.write_text(f'name = "signed"\nbundle = "{bundle}"\ntrusted_keys = ["keys/edgeguard.pub"]\n')
     assert load_profile(path).trusted_keys == (str(tmp_path / "keys" / "edgeguard.pub"),)  # relative to the file
-    args = ["bench", "--profile", str(path), "--iterations", "1", "--warmup", "0", "--size", "16"]
+    args = ["bench", "--profile", str(path), "--frames", "1", "--warmup", "0", "--synthetic", "96x64"]
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 2 and "expected a signed bundle" in refused.stderr
     sign_bundle(bundle, keys.private)
