@@ -11,6 +11,7 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -488,6 +489,48 @@ def evaluate(
         device=device,
         backend=backend.value)
     _print(run_evaluation(models, out, config, data=data, resume=resume, echo=typer.echo).summary())
+
+
+@app.command()
+@friendly_errors
+def attack(
+    images: str = typer.Option(
+        ..., "--images", help="Folder of images (searched recursively). In class folders (named by class name or "
+                              "id) the folder is the true class; otherwise the bundle's own decisions are attacked."),
+    bundle: str | None = typer.Option(None, "--bundle", help="Bundle directory (default: the shipped bundle)."),
+    method: str = typer.Option(
+        "square", "--attack", help="square (score-based, Andriushchenko et al. 2020) or hopskipjump (label only, "
+                                   "Chen et al. 2020)."),
+    queries: int = typer.Option(1000, "--queries", min=1, help="Query budget per image."),
+    eps: int = typer.Option(8, "--eps", min=1, max=255, help="Linf budget in 1/255 units."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Attack at most N images (sorted by path)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the attack and of SLQ's block choice."),
+    threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads."),
+    out: str | None = typer.Option(
+        None, "--out", "-o", help="Write the adversarial images (PNG) and results.json into this folder."),
+) -> None:
+    """Attack a deployed bundle through the runtime alone: queries in, scores or labels out, queries counted.
+
+    Reports the success rate over the images the bundle classifies correctly, the median queries it took, and
+    how often the suspect flag fires on the fooled images.
+
+    Example: edgeguard attack --bundle export/gtsrb-shield --attack hopskipjump --images signs/ --queries 1000 --eps 8
+    """
+    from edge_guard import Guard
+    from edge_guard.query_attacks.run import QUERY_ATTACKS, load_images, query_attack, save_images
+
+    if method not in QUERY_ATTACKS:
+        raise ConfigError(expected_got("--attack", " or ".join(QUERY_ATTACKS), repr(method)))
+    guard = Guard.from_bundle(bundle, seed=seed, threads=threads)
+    batch, labels, names = load_images(images, guard.classes, limit)
+    typer.echo(f"{len(names)} images; " + ("labels from folder names" if labels is not None
+                                            else "no class folders: attacking the bundle's own decisions"))
+    result = query_attack(guard, batch, labels, attack=method, eps=eps / 255, queries=queries, seed=seed)
+    if out:
+        save_images(out, result, names)
+        (Path(out) / "results.json").write_text(json.dumps({**result.to_dict(), "bundle": guard.bundle.name,
+                                                           "images": images}, indent=1) + "\n")
+    _print(result.lines())
 
 
 @app.command()
