@@ -461,6 +461,11 @@ def evaluate(
         help="Where models and attacks run: auto (a CUDA GPU if torch sees one, else the CPU) | cpu | cuda | cuda:N."),
     backend: BackendChoice = typer.Option(BackendChoice.AUTO, "--backend", help="JPEG backend of the defense."),
     resume: bool = typer.Option(False, "--resume", help="Continue an evaluation in --out, skipping finished cells."),
+    ray: str | None = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Run the cells as Ray tasks: --ray local starts a Ray here; --ray auto joins the cluster of `ray start "
+             "--head`; or ray://HEAD:10001. Needs the [scale] extra; see docs/scaling.md."),
+    ray_cpus: int | None = typer.Option(None, "--ray-cpus", min=1, help="CPUs of the local Ray (default: all)."),
 ) -> None:
     """Attack the base, base+JPEG, the vaccinated ensemble and the SLQ ensemble, gray-box and adaptive; write a report.
 
@@ -488,7 +493,8 @@ def evaluate(
         cw_steps=cw_steps, cw_search_steps=cw_search_steps, batch_size=batch_size, seed=seed, threads=threads,
         device=device,
         backend=backend.value)
-    _print(run_evaluation(models, out, config, data=data, resume=resume, echo=typer.echo).summary())
+    _print(run_evaluation(models, out, config, data=data, resume=resume, echo=typer.echo, ray=ray,
+                          ray_cpus=ray_cpus).summary())
 
 
 @app.command()

@@ -21,7 +21,9 @@ of the minimum-norm attacks survive unless a system quantizes; `base_8bit` shows
 FGSM/PGD run once per eps (in 1/255 units); DeepFool and CW are minimum-norm attacks and run once.
 
 Every finished (threat, attack, eps, system) cell is appended to OUT/cells.jsonl as it completes;
-`resume=True` skips those. The end writes results.json, results.csv, report.md and plots (report.py).
+`resume=True` skips those. With `ray=ADDRESS` the pending cells run as Ray tasks on a cluster
+(edge_guard.training.ray_eval); the driver appends each cell as its task finishes.
+The end writes results.json, results.csv, report.md and plots (report.py).
 """
 
 from __future__ import annotations
@@ -172,13 +174,15 @@ class EvalResult:
 
 def evaluate(models: str | Path | Run, out_dir: str | Path, config: EvalConfig = EvalConfig(), *,
              data: str | Path | None = None, resume: bool = False, progress: bool = True,
-             echo: Callable[[str], None] | None = None) -> EvalResult:
+             echo: Callable[[str], None] | None = None, ray: str | None = None,
+             ray_cpus: int | None = None) -> EvalResult:
     """Run every pending cell of `config` on the ensemble at `models`; write the report to `out_dir`.
 
     models: an ensemble folder (ensemble.json with a base) or a loaded Run. data: the dataset
     folder (default: the one in the run's config); the evaluation images are the run's held-out,
     track-wise validation split (config.split "val") or the dataset's official test set ("test"),
-    capped at config.limit (`Run.dataset`).
+    capped at config.limit (`Run.dataset`). ray: run the cells as Ray tasks ("local": a Ray started here
+    with ray_cpus CPUs, default all; else a cluster address such as "auto" or "ray://head:10001").
     """
     t0 = time.perf_counter()
     say = echo or (lambda _msg: None)
@@ -198,6 +202,20 @@ def evaluate(models: str | Path | Run, out_dir: str | Path, config: EvalConfig =
     jobs = plan_jobs(config, systems, adaptive_systems(systems, config, run))
     pending = [job for job in jobs if not all(store.done(key) for key in job.keys)]
     say(f"evaluating {len(systems)} systems on {len(y)} images: {len(pending)} of {len(jobs)} attack jobs to run")
+    if ray is not None:  # imported only here: without --ray, Ray is never loaded
+        from edge_guard.training.ray_eval import run_on_ray
+
+        run_on_ray(ctx, systems, pending, ray, cpus=ray_cpus, progress=progress, say=say)
+    else:
+        _run_here(ctx, systems, pending, progress)
+    results = collect(store, run, config, systems, evaldata.info, models, time.perf_counter() - t0)
+    files = write_report(out, results)
+    say(f"wrote {', '.join(str(p) for p in files.values())}")
+    return EvalResult(out, results, files)
+
+
+def _run_here(ctx: _Context, systems: Sequence[System], pending: Sequence[Job], progress: bool) -> None:
+    """The clean cells, then every pending job, one after another in this process."""
     with progress_bar(enabled=progress, label="{task.description:<40}") as bar:
         task = bar.add_task("clean accuracy", total=sum(job.batches(ctx) for job in pending) + len(systems))
         for s in systems:
@@ -206,10 +224,6 @@ def evaluate(models: str | Path | Run, out_dir: str | Path, config: EvalConfig =
         for job in pending:
             bar.update(task, description=job.title)
             job.run(ctx, lambda: bar.advance(task))
-    results = collect(store, run, config, systems, evaldata.info, models, time.perf_counter() - t0)
-    files = write_report(out, results)
-    say(f"wrote {', '.join(str(p) for p in files.values())}")
-    return EvalResult(out, results, files)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,23 +458,36 @@ class Job:
         return -(-self._n(ctx) // self._batch_size(ctx))
 
     def run(self, ctx: _Context, tick: Callable[[], None]) -> None:
+        self.score(ctx, *self.craft(ctx, 0, self._n(ctx), tick))
+
+    def shards(self, ctx: _Context, batches: int) -> list[tuple[int, int]]:
+        """(start, stop) image ranges of `batches` attack batches each, covering the job's images."""
+        step, n = batches * self._batch_size(ctx), self._n(ctx)
+        return [(i, min(i + step, n)) for i in range(0, n, step)]
+
+    def craft(self, ctx: _Context, start: int, stop: int,
+              tick: Callable[[], None]) -> tuple[Tensor, float, dict[str, Any]]:
+        """Adversarial images for images start..stop (start a multiple of the batch size: the same batches as
+        one pass over all), the seconds it took and the attack's hyperparameters."""
         seed = cell_seed(ctx.config.seed, self.threat, self.attack, self.eps, self.systems[0].name)
         # gray-box: the undefended base; adaptive: the system end to end (BPDA, soft vote, EOT)
         target = ctx.base if self.threat == "graybox" else build_system(self.systems[0], ctx.run, ctx.config, seed,
                                                                         attack=True)
-        bs, n = self._batch_size(ctx), self._n(ctx)
+        bs = self._batch_size(ctx)
         kwargs = attack_kwargs(self.attack, self.eps, ctx.config, seed)
         t0, parts, params = time.perf_counter(), [], {}
-        x, y = ctx.x[:n], ctx.y[:n]
-        for i in range(0, n, bs):
+        x, y = ctx.x[:stop], ctx.y[:stop]
+        for i in range(start, stop, bs):
             attack = create_attack(self.attack, target, **kwargs)
             params = attack.hyperparameters()
             parts.append(attack(x[i:i + bs], y[i:i + bs]))
             tick()
-        seconds = time.perf_counter() - t0
-        adv = torch.cat(parts)
-        crafted_on = "base" if self.threat == "graybox" else self.systems[0].name
         params = {k: v for k, v in params.items() if isinstance(v, (int, float, bool, str))}
+        return torch.cat(parts), time.perf_counter() - t0, params
+
+    def score(self, ctx: _Context, adv: Tensor, seconds: float, params: dict[str, Any]) -> None:
+        """Score the job's adversarial images (all of them) on each of its systems not stored yet."""
+        crafted_on = "base" if self.threat == "graybox" else self.systems[0].name
         for system in self.systems:
             if not ctx.store.done(cell_key(self.threat, self.attack, self.eps, system.name)):
                 ctx.score(self.threat, self.attack, self.eps, system, adv, seconds, crafted_on, params)
