@@ -19,7 +19,7 @@ import typer.core
 
 from edge_guard.errors import ConfigError, EdgeGuardError, expected_got, printable
 from edge_guard.spec import DEFAULT_SUSPECT_BELOW, MAX_PIXELS, BackendChoice, Precision, Subsampling, VoteRule
-from edge_guard.training.choices import BpdaBackward, DefenseChoice, Exporter, RoiMode, Split
+from edge_guard.training.choices import AdversarialMethod, BpdaBackward, DefenseChoice, Exporter, RoiMode, Split
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as click_exceptions
@@ -368,8 +368,18 @@ def vaccinate(
     backend: BackendChoice = typer.Option(BackendChoice.AUTO, "--backend", help="JPEG backend, as at runtime."),
     adversarial_eps: int = typer.Option(
         0, "--adversarial-eps",
-        help="Also train on FGSM images (random start) made against each member through its JPEG, budget in 1/255 "
-             "units; 0: off."),
+        help="Also train on adversarial images made against each member through its JPEG (--adversarial), budget "
+             "in 1/255 units; 0: off."),
+    adversarial_method: AdversarialMethod = typer.Option(
+        AdversarialMethod.FGSM, "--adversarial",
+        help="With --adversarial-eps: fgsm (one step), pgd (--adversarial-steps steps) or trades (the same steps on "
+             "the KL to the clean prediction, TRADES loss)."),
+    adversarial_steps: int | None = typer.Option(
+        None, "--adversarial-steps", help="Attack steps for pgd and trades (default 5; fgsm: 1)."),
+    adversarial_step: float | None = typer.Option(
+        None, "--adversarial-step",
+        help="Step size as a multiple of the budget (default: 1.25 for fgsm, 2.5 / steps for pgd and trades)."),
+    trades_beta: float = typer.Option(6.0, "--trades-beta", help="TRADES: weight of the KL term (0: clean CE)."),
     adversarial_fraction: float = typer.Option(
         0.5, "--adversarial-fraction",
         help="Share of each batch made adversarial (with --adversarial-eps)."),
@@ -390,7 +400,11 @@ def vaccinate(
     from edge_guard.training.adversarial import AdversarialConfig
     from edge_guard.training.vaccinate import vaccinate as vaccinate_members
 
-    adversarial = (AdversarialConfig(eps=adversarial_eps / 255, fraction=adversarial_fraction)
+    steps = adversarial_steps if adversarial_steps is not None else (
+        1 if adversarial_method == AdversarialMethod.FGSM else 5)
+    adversarial = (AdversarialConfig(eps=adversarial_eps / 255, fraction=adversarial_fraction,
+                                     method=adversarial_method.value, steps=steps, step=adversarial_step,
+                                     beta=trades_beta)
                    if adversarial_eps else None)
     measured_at = None if eval_qualities is None else parse_qualities_or_none(eval_qualities, "--eval-qualities")
 

@@ -42,3 +42,11 @@ class BpdaBackward(Vocabulary):
 
     IDENTITY = "identity"
     DIFFJPEG = "diffjpeg"
+
+
+class AdversarialMethod(Vocabulary):
+    """`vaccinate --adversarial`: the attack adversarial vaccination trains on."""
+
+    FGSM = "fgsm"  # one step from a random start (fast adversarial training)
+    PGD = "pgd"  # k projected steps from a random start (Madry et al.)
+    TRADES = "trades"  # k steps on the KL to the clean prediction, TRADES loss (Zhang et al.)

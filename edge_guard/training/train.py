@@ -40,7 +40,7 @@ from edge_guard.training.device import resolve_device, set_threads
 from edge_guard.training.models import count_parameters, create_model
 from edge_guard.training.predict import logits_accuracy, predict_logits, robustness_views
 from edge_guard.training.resume import resume_state
-from edge_guard.training.transforms import BatchTransform, jpeg_augment_transform, make_batch
+from edge_guard.training.transforms import BatchLoss, BatchTransform, jpeg_augment_transform, make_batch
 
 
 @dataclass(frozen=True)
@@ -132,13 +132,14 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
         views: dict[str, np.ndarray], train_transform: BatchTransform | None = None, progress: bool = True,
         echo: Callable[[str], None] | None = None,
         on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-        start: WarmStart | None = None) -> TrainResult:
+        start: WarmStart | None = None, train_loss: BatchLoss | None = None) -> TrainResult:
     """Train `model` on train_set, pick the best validated epoch (config.val_every) by accuracy on
     views[val_view], write the run folder.
 
     views: name -> uint8 (N, H, W, 3) versions of val_set.images ("clean", "jpeg_10", ..., "slq"),
     see `robustness_views`. train_transform: the vaccination step, applied to each (augmented) batch.
     start: continue config's schedule after the epochs `warm_start` trained (model must hold its weights).
+    train_loss: the loss that goes with train_transform (None: cross-entropy with config.label_smoothing).
     """
     out = Path(config.out_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -177,7 +178,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, config: TrainCon
     for epoch in range(state["epoch"], config.epochs):
         t0 = time.perf_counter()
         loss, acc = _train_epoch(forward, optimizer, scheduler, train_set, config, epoch, steps, train_transform,
-                                 progress)
+                                 progress, train_loss)
         side = config.side_at(epoch)  # a low-res epoch is not validated: it is not the model's input size
         validate = ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs) and side == config.size \
             and w.main
@@ -287,7 +288,7 @@ def _save_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
 
 def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, data: Dataset,
                  config: TrainConfig, epoch: int, steps: int, transform: BatchTransform | None,
-                 progress: bool) -> tuple[float, float]:
+                 progress: bool, train_loss: BatchLoss | None = None) -> tuple[float, float]:
     """One pass over `steps` full batches (the remainder is dropped; the shuffle differs every epoch).
     model: the module to train through (DDP-wrapped under torchrun: then this rank's share of each batch).
     Returns the epoch's mean loss and accuracy over all ranks' images."""
@@ -300,7 +301,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
     torch.manual_seed(batches.dropout_seed)  # dropout (the only user of the global torch RNG)
     aug = config.augmentation()
     side = config.side_at(epoch)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    loss_fn = train_loss or cross_entropy_loss(config.label_smoothing)
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     with progress_bar(enabled=progress, transient=True, fields=("loss {task.fields[loss]:.3f}",)) as bar:
@@ -308,8 +309,7 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
         for idx in batches:
             x = make_batch(data.images[idx], config, aug if config.augment else None, gen, transform, rng, side)
             y = torch.from_numpy(data.labels[idx]).to(device)
-            logits = model(x.to(device))
-            loss = loss_fn(logits, y)
+            loss, logits = loss_fn(model, x.to(device), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -320,6 +320,17 @@ def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: 
             bar.update(task, advance=1, loss=total_loss / seen)
     total_loss, correct, seen = distributed.all_sum([total_loss, correct, seen], w)
     return total_loss / seen, correct / seen
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> BatchLoss:
+    """fit's default BatchLoss: cross-entropy (with label smoothing) on the model's logits for the batch."""
+    ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return ce(logits, y), logits
+
+    return loss
 
 
 def _epoch_label(config: TrainConfig, epoch: int) -> str:

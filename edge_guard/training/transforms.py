@@ -1,5 +1,6 @@
 """Training batches: uint8 images -> augmented float32 tensors, with the vaccination step (a BatchTransform:
-the runtime's own JPEG codec on uint8 NHWC, after augmentation) and the low-res downscale."""
+the runtime's own JPEG codec on uint8 NHWC, after augmentation) and the low-res downscale; BatchLoss, the
+shape of a training loss that goes with a transform."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from edge_guard import jpeg
@@ -16,6 +18,10 @@ from edge_guard.training.config import TrainConfig
 # A batch transform applied AFTER augmentation on uint8 NHWC images (the JPEG step of vaccination):
 # fn(images uint8 (N, H, W, 3), rng) -> uint8 (N, H, W, 3).
 BatchTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+# A training loss over one batch: fn(model, x float32 (R, 3, H, W), y int64 (N,)) -> (scalar loss, logits (N, K)
+# of the batch's N labelled images). R = N unless the transform adds rows (TRADES: N clean + k adversarial).
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def route_per_image(images: np.ndarray, choice: np.ndarray, steps: Sequence[BatchTransform],

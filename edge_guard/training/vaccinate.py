@@ -45,7 +45,7 @@ from edge_guard.engine import vote as engine_vote
 from edge_guard.errors import ConfigError, expected_got
 from edge_guard.spec import MemberSpec, Vaccination, member_spec
 from edge_guard.training import distributed
-from edge_guard.training.adversarial import AdversarialConfig, adversarial_transform
+from edge_guard.training.adversarial import AdversarialConfig, adversarial_loss, adversarial_transform, member_stream
 from edge_guard.training.checkpoint import load_checkpoint, make_vaccination, save_checkpoint
 from edge_guard.training.config import SLQ_QUALITIES, TrainConfig
 from edge_guard.training.data import Dataset, load_dataset, split_by_track
@@ -164,7 +164,7 @@ def vaccinate(
         members[name] = fit(
             model, train_set, val_set, member_cfg, model_kwargs=base["model_kwargs"], vaccination=vacc,
             val_view=spec.view, views=views, train_transform=_transform(spec, cfg, model, adversarial),
-            progress=progress, echo=echo, start=start)
+            train_loss=adversarial_loss(adversarial, cfg.label_smoothing), progress=progress, echo=echo, start=start)
         say(f"member {name}: val acc {members[name].metrics['val_accuracy']:.4f} on its own preprocessing "
             f"({time.perf_counter() - t0:.0f} s)")
 
@@ -238,7 +238,7 @@ def _transform(spec: MemberSpec, cfg: TrainConfig, model: Any,
     if adversarial is not None:
         return adversarial_transform(model, adversarial, quality=quality,
                                      slq_qualities=None if jpeg_member else cfg.slq_qualities,
-                                     subsampling=cfg.subsampling, backend=cfg.backend)
+                                     subsampling=cfg.subsampling, backend=cfg.backend, stream=member_stream(spec.name))
     if jpeg_member:
         return lambda x, rng: jpeg.roundtrip(x, quality, subsampling=cfg.subsampling, backend=cfg.backend)
     # a fresh SLQ block pattern for every batch, drawn from the epoch's seeded generator
