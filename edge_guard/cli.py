@@ -683,6 +683,8 @@ def bench(
         None, "--threads",
         help="onnxruntime intra-op threads (default: onnxruntime's choice)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for the rendered frames and SLQ."),
+    spin: bool = typer.Option(False, "--spin", help="Let onnxruntime's threads spin-wait between calls (its default; "
+                                                    "off here, as it slows the stages and variants sharing the CPU)."),
     trusted_key: list[str] = typer.Option(
         [], "--trusted-key", help="Refuse bundles not signed by this public key (edgeguard keygen); repeatable."),
     profile: str | None = typer.Option(
@@ -716,8 +718,8 @@ def bench(
     config = BenchConfig(frames=frames, warmup=warmup, rois=rois, synthetic=parse_synthetic(synthetic), source=source,
                          distinct=distinct, compare=tuple(compare),
                          providers=tuple(p for p in providers.split(",") if p.strip()), threads=threads, seed=seed,
-                         dct_scaling=dct_scaling, trusted_keys=tuple(trusted_key), provider_options=provider_options,
-                         allow_fallback=allow_fallback)
+                         dct_scaling=dct_scaling, spin=spin, trusted_keys=tuple(trusted_key),
+                         provider_options=provider_options, allow_fallback=allow_fallback)
     config.check()
     if json_out:
         from edge_guard.output import check_output_path

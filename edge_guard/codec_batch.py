@@ -133,10 +133,11 @@ class TurboBatch:
         compress, decompress = self._lib.lib.tjCompress2, self._lib.lib.tjDecompress2
         step, src0, dst0 = h * w * 3, src.ctypes.data, dst.ctypes.data
         flags = _TJFLAG_ACCURATEDCT | _TJFLAG_NOREALLOC
+        pointer_ref, size_ref = ctypes.byref(pointer), ctypes.byref(size)  # made once: ~1 us per image less
         for i in range(n):
             size.value = cap
-            if compress(hd.compress, src0 + i * step, w, w * 3, h, _TJPF_RGB, ctypes.byref(pointer),
-                        ctypes.byref(size), samp, quality, flags):
+            if compress(hd.compress, src0 + i * step, w, w * 3, h, _TJPF_RGB, pointer_ref, size_ref, samp, quality,
+                        flags):
                 raise CodecError(f"libturbojpeg could not encode a {w}x{h} image: {hd.error()}")
             if decompress(hd.decompress, pointer, size.value, dst0 + i * step, w, 0, h, _TJPF_RGB,
                           _TJFLAG_ACCURATEDCT):

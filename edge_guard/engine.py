@@ -164,7 +164,9 @@ class Engine:
     """One onnxruntime session per member, or one for the fused graph.
 
     bundle: a loaded Bundle. providers: see `resolve_providers` (default ["cpu"]).
-    use_fused: None -> the fused graph when the bundle has one. strict: a session whose first active
+    use_fused: None -> the fused graph when the bundle has one. spin=False: onnxruntime's worker threads
+    sleep between calls rather than spin-wait (they otherwise keep a core busy for a while after each
+    call, which slows whatever shares it: the decode, the defense). strict: a session whose first active
     provider is not the first requested available one raises ProviderError (False: log a warning).
     """
 
@@ -178,6 +180,7 @@ class Engine:
         use_fused: bool | None = None,
         strict: bool = True,
         provider_options: dict[str, dict[str, Any]] | None = None,
+        spin: bool = True,
     ) -> None:
         self.bundle = bundle
         self.requested_providers = resolve_providers(providers)
@@ -195,6 +198,9 @@ class Engine:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ConfigError(expected_got(attr, "an integer >= 0 (0 = onnxruntime's choice)", repr(value)))
                 setattr(options, attr, value)
+        if not spin:  # worker threads sleep between calls instead of spin-waiting (a CPU shared with decode/defense)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         fused = bundle.fused if self.use_fused else None
         if fused is not None:
             self._sessions = [self._open(bundle, fused.file, options, "member_logits", strict)]

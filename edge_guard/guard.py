@@ -197,6 +197,7 @@ class Guard:
         trusted_keys: Sequence[Any] | None = None,
         require_signed: bool = False,
         provider_options: dict[str, dict[str, Any]] | None = None,
+        spin: bool = True,
     ) -> Guard:
         """Load a bundle (None: the shipped default) and open its sessions.
 
@@ -205,11 +206,12 @@ class Guard:
         fused graph when the bundle has one. seed: seeds the SLQ generator. backend: JPEG backend
         ("auto", "turbojpeg", "opencv"). verify: check every file's sha256. trusted_keys (public key files) /
         require_signed: refuse a bundle that is not signed by one of them (`edge_guard.signing`).
+        spin: onnxruntime's worker threads spin-wait between calls (False: they sleep; see `Engine`).
         """
         bundle = load_bundle(default_bundle_path() if path is None else path, verify=verify,
                              trusted_keys=trusted_keys, require_signed=require_signed)
         engine = Engine(bundle, providers=providers, intra_op_threads=threads, use_fused=use_fused,
-                        strict=strict_providers, provider_options=provider_options)
+                        strict=strict_providers, provider_options=provider_options, spin=spin)
         return cls(bundle, engine, seed=seed, backend=backend, warn_codec_mismatch=warn_codec_mismatch)
 
     @property

@@ -77,7 +77,7 @@ def test_compare_variants_run_on_the_same_frames(bundles):
 def test_parse_variant_and_synthetic():
     assert parse_variant("members").use_fused is False and parse_variant("fused").use_fused is True
     assert parse_variant("threads=3").threads == 3 and parse_variant("provider=cuda").providers == ("cuda",)
-    assert parse_variant("precision=int8").precision == "int8"
+    assert parse_variant("precision=int8").precision == "int8" and parse_variant("spin").spin is True
     assert parse_variant("bundle=x/y").bundle == "x/y"
     assert parse_synthetic("1280x720") == (1280, 720)
     for bad in ("threads=x", "precision=fp8", "no/such/bundle"):
@@ -142,3 +142,13 @@ def test_bench_cli_reads_frames_from_a_source(bundles, tmp_path):
 def test_bench_cli_bad_options_exit_2(bundles, args):
     result = CliRunner().invoke(app, ["bench", "--bundle", str(bundles["plain"]), *args])
     assert result.exit_code == 2 and result.stderr.startswith("error: ")
+
+
+def test_spin_off_reaches_the_sessions(bundles):
+    from edge_guard import Guard
+
+    off = Guard.from_bundle(bundles["plain"], threads=2, spin=False).engine._sessions[0].get_session_options()
+    assert off.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    on = Guard.from_bundle(bundles["plain"], threads=2).engine._sessions[0].get_session_options()
+    with pytest.raises(RuntimeError):  # not set: onnxruntime's default (spin)
+        on.get_session_config_entry("session.intra_op.allow_spinning")

@@ -179,7 +179,7 @@ def test_per_member_classify_feeds_each_member_its_own_tensor(bundles, monkeypat
     calls, fed = [], []
     real_roundtrip, real_roundtrips, real_run = jpeg.roundtrip, jpeg.roundtrips, guard.engine.run
     monkeypatch.setattr(jpeg, "roundtrips", lambda imgs, qs, **kw: calls.extend(qs) or real_roundtrips(imgs, qs, **kw))
-    monkeypatch.setattr(guard.engine, "run", lambda x: fed.append(x) or real_run(x))
+    monkeypatch.setattr(guard.engine, "run", lambda x, **kw: fed.append(x) or real_run(x, **kw))
     images = _images(2, size=(H, W))  # already the input size: no resize
     preds = guard.classify(images)
     assert sorted(calls) == [20, 80] and len(fed) == 1

@@ -31,6 +31,7 @@ class BenchConfig:
     threads: int | None = None
     seed: int = 0
     dct_scaling: bool = True
+    spin: bool = False  # onnxruntime threads spin-wait between calls: off, or one variant's spin slows the next
     trusted_keys: tuple[str, ...] = ()  # public key files: the bundles must be signed by one of them
     provider_options: dict[str, dict[str, Any]] | None = None  # per provider, e.g. TensorRT fp16 and engine cache
     allow_fallback: bool = False  # a provider that fails to start: the next one runs (logged) instead of an error
@@ -55,15 +56,18 @@ class Variant:
     providers: tuple[str, ...] | None = None
     threads: int | None = None
     precision: str | None = None  # the bundle's variant folder NAME-fp16 / NAME-int8 beside it
+    spin: bool | None = None  # None: the config's
 
 
 def parse_variant(text: str) -> Variant:
-    """A --compare value: "fused", "members", "threads=N", "provider=NAME", "precision=fp16|int8",
-    "bundle=PATH" or a bundle path. ConfigError names the accepted forms."""
+    """A --compare value: "fused", "members", "threads=N", "provider=NAME", "precision=fp16|int8", "spin"
+    (onnxruntime threads spin-wait between calls), "bundle=PATH" or a bundle path. ConfigError names the forms."""
     spec = text.strip()
     key, _, value = spec.partition("=")
     if spec in ("fused", "members"):
         return Variant(spec, use_fused=spec == "fused")
+    if spec == "spin":
+        return Variant(spec, spin=True)
     if key == "threads" and value.isdigit():
         return Variant(spec, threads=int(value))
     if key == "provider" and value:
@@ -75,7 +79,7 @@ def parse_variant(text: str) -> Variant:
     if not value and Path(spec).expanduser().is_dir():
         return Variant(Path(spec).name, bundle=spec)
     raise ConfigError(expected_got("--compare", "fused, members, threads=N, provider=NAME, precision=fp16|int8, "
-                                   "bundle=PATH or a bundle folder", repr(text)))
+                                   "spin, bundle=PATH or a bundle folder", repr(text)))
 
 
 def parse_synthetic(text: str) -> tuple[int, int]:

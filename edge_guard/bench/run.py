@@ -35,7 +35,7 @@ def _guard(bundle: str | Path | None, variant: Variant, config: BenchConfig) -> 
         path, providers=list(variant.providers or config.providers),
         threads=variant.threads if variant.threads is not None else config.threads, use_fused=variant.use_fused,
         seed=config.seed, trusted_keys=list(config.trusted_keys) or None, provider_options=config.provider_options,
-        strict_providers=not config.allow_fallback)
+        strict_providers=not config.allow_fallback, spin=config.spin if variant.spin is None else variant.spin)
 
 
 def _variants(bundle: str | Path | None, config: BenchConfig) -> dict[str, Guard]:
