@@ -40,9 +40,27 @@ def machine_info() -> dict[str, Any]:
 
     from edge_guard import jpeg
 
-    return {"cpu": cpu, "cores": cores, "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__,
-            "libjpeg_turbo": jpeg.codec_info()["version"], "jpeg_backend": jpeg.resolve_backend()}
+    return {"cpu": cpu, "cores": cores, **nominal_peak(), "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
+            "opencv": cv2.__version__, "libjpeg_turbo": jpeg.codec_info()["version"],
+            "jpeg_backend": jpeg.resolve_backend()}
+
+
+def nominal_peak() -> dict[str, Any]:
+    """An upper bound: float32 flops per cycle per core from the SIMD flags (AVX-512: 64, AVX2+FMA: 32, AVX:
+    16, else 8; two full-width FMA units, which not every core has: AMD Zen 4 runs AVX-512 on 256-bit units,
+    32) times the clock /proc/cpuinfo reports now. Turbo, thermal limits and hyperthreads sharing a core move
+    the real figure; `matmul_peak` measures it. Empty off Linux."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    mhz = next((float(line.split(":", 1)[1]) for line in text.splitlines() if line.startswith("cpu MHz")), 0.0)
+    simd, per_cycle = (("avx512f", 64) if "avx512f" in flags else ("avx2+fma", 32) if {"avx2", "fma"} <= flags
+                       else ("avx", 16) if "avx" in flags else ("sse", 8))
+    return {"simd": simd, "cpu_mhz": mhz, "nominal_gflops_per_core": per_cycle * mhz / 1000}
 
 
 def matmul_peak(n: int = 1024, repeats: int = 9, threads: int | None = None) -> dict[str, Any]:

@@ -1,0 +1,182 @@
+"""Ensemble inference on the CPU: fused graph vs per-member sessions vs PyTorch eager, at batch 1 and 64.
+
+    python benchmarks/ensemble_inference.py                                 # the default bundle (4 x ResNet-14)
+    python benchmarks/ensemble_inference.py --bundle export/gtsrb-shield --batches 1,64 --rounds 30 --out r.json
+
+What runs, on the same per-member inputs ([M, N, 3, 32, 32], one batch per member), interleaved round by
+round, medians:
+- members: one onnxruntime session per member, called one after the other (the runtime's per-member path);
+- fused: the bundle's fused graph (all members in one graph, one call);
+- fused, parallel: the same graph with onnxruntime's parallel executor (members' branches on inter-op threads);
+- members, concurrent: the member sessions called from a thread pool (onnxruntime releases the GIL);
+- grouped: the members fused horizontally into one graph of grouped convolutions (ResNet members only: every
+  conv of the M members as one conv with groups=M), built here with random weights: speed does not depend on
+  them; its output is not a classifier;
+- PyTorch eager: the M member modules (random weights, same architecture) looped, torch.inference_mode.
+Each at --threads intra-op threads (1 and 2 by default). Beside each: the members' multiply-adds (counted from
+the ONNX graphs) at the numpy matmul peak for that thread count: the time the arithmetic alone needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_guard.bundle import default_bundle_path, load_bundle
+from edge_guard.hardware import graph_macs, machine_info, matmul_peak
+
+
+def session(model: str | bytes, threads: int, parallel: bool = False) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads if not parallel else 1
+    options.inter_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if parallel:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def grouped_resnet(path: Path, members: int, depth: int, width: int, classes: int) -> Path | None:
+    """M ResNet members as one graph of grouped convolutions, exported to ONNX at `path` (None without torch)."""
+    try:
+        import torch
+        from torch import nn
+
+        from edge_guard.training.models import ResNetSmall
+    except ImportError:
+        return None
+    net = ResNetSmall(classes, depth=depth, width=width * members)
+    for module in list(net.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Conv2d):
+                cin = child.in_channels * (members if child.in_channels == 3 else 1)
+                setattr(module, child_name, nn.Conv2d(cin, child.out_channels, child.kernel_size, child.stride,
+                                                      child.padding, groups=members, bias=False))
+    net.normalize = nn.Identity()
+    fc = nn.Conv2d(net.fc.in_features, classes * members, 1, groups=members)
+    model = nn.Sequential(net.stem, net.blocks, net.pool, fc, nn.Flatten()).eval()
+    x = torch.zeros(1, 3 * members, 32, 32)
+    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
+    return path
+
+
+def torch_members(members: int, depth: int, width: int, classes: int, arch: str) -> list | None:
+    try:
+        import torch  # noqa: F401
+
+        from edge_guard.training.models import create_model
+    except ImportError:
+        return None
+    kwargs = {"depth": depth, "width": width} if arch == "resnet" else {}
+    return [create_model("resnet_small" if arch == "resnet" else "compact_cnn", classes, **kwargs).eval()
+            for _ in range(members)]
+
+
+def contenders(x: np.ndarray, members: list, fused: ort.InferenceSession | None,
+               fused_parallel: ort.InferenceSession | None, single: list, pool: ThreadPoolExecutor,
+               group: ort.InferenceSession | None, eager: list | None) -> dict[str, Callable[[], object]]:
+    """The calls timed on per-member inputs x [M, N, 3, 32, 32]."""
+    m, n = x.shape[:2]
+    xs = [np.ascontiguousarray(x[i]) for i in range(m)]
+    c: dict[str, Callable[[], object]] = {"members": lambda: [s.run(None, {"input": xi}) for s, xi in zip(members, xs)]}
+    if fused is not None and fused_parallel is not None:
+        xf = x if len(fused.get_inputs()[0].shape) == 5 else xs[0]
+        c["fused"] = lambda: fused.run(None, {"input": xf})
+        c["fused, parallel executor"] = lambda: fused_parallel.run(None, {"input": xf})
+    c["members, concurrent"] = lambda: list(pool.map(lambda a: a[0].run(None, {"input": a[1]}), zip(single, xs)))
+    if group is not None:
+        xg = np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4).reshape(n, 3 * m, *x.shape[3:]))
+        c["grouped (horizontal fusion)"] = lambda: group.run(None, {"input": xg})
+    if eager is not None:
+        import torch
+
+        tx = [torch.from_numpy(xi) for xi in xs]
+
+        def run_eager() -> None:
+            with torch.inference_mode():
+                for mod, xi in zip(eager, tx):
+                    mod(xi)
+
+        c["PyTorch eager"] = run_eager
+    return c
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    for fn in contenders.values():
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1000.0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default=None)
+    parser.add_argument("--batches", default="1,64")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    bundle = load_bundle(args.bundle or default_bundle_path())
+    m = len(bundle.members)
+    files = [bundle.root / mem.file for mem in bundle.members]
+    macs = sum(graph_macs(f) for f in files)
+    resnet = "resnet" in bundle.description.lower() or "r14" in bundle.name
+    depth, width = 14, 16
+    tmp = Path(tempfile.mkdtemp())
+    grouped = grouped_resnet(tmp / "grouped.onnx", m, depth, width, bundle.num_classes) if resnet else None
+    eager = torch_members(m, depth, width, bundle.num_classes, "resnet" if resnet else "compact")
+    import torch
+
+    lines = [f"$ python {' '.join(sys.argv)}", f"{bundle.name}: {m} members, {macs / 1e6:.1f} M multiply-adds per crop "
+             f"(all members, from the ONNX graphs); {args.rounds} interleaved rounds, medians, ms per call"]
+    results = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        peak = matmul_peak(threads=threads)["gflops"]
+        torch.set_num_threads(threads)
+        members = [session(str(f), threads) for f in files]
+        fused = session(str(bundle.root / bundle.fused.file), threads) if bundle.fused else None
+        fused_parallel = session(str(bundle.root / bundle.fused.file), threads, parallel=True) if bundle.fused else None
+        single = [session(str(f), 1) for f in files]
+        pool = ThreadPoolExecutor(threads)
+        group = session(str(grouped), threads) if grouped else None
+        for n in (int(b) for b in args.batches.split(",")):
+            x = np.random.default_rng(0).random((m, n, 3, 32, 32), dtype=np.float32)
+            c = contenders(x, members, fused, fused_parallel, single, pool, group, eager)
+            t = interleaved(c, args.rounds)
+            floor = 2 * macs * n / (peak * 1e9) * 1000
+            lines.append(f"threads {threads}, batch {n}: arithmetic at the matmul peak ({peak:.0f} GFLOP/s) "
+                         f"{floor:.2f} ms")
+            for k, v in t.items():
+                lines.append(f"  {k:<30} {v:8.2f} ms  {v / t['members']:.2f}x members  "
+                             f"{100 * floor / v:3.0f}% of peak  {n * 1000 / v:8.0f} crops/s")
+            results.append({"threads": threads, "batch": n, "ms": t, "floor_ms": floor, "peak_gflops": peak})
+        pool.shutdown()
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"command": "python " + " ".join(sys.argv), "bundle": bundle.name,
+                                              "macs_per_crop": macs, "results": results, "machine": machine_info(),
+                                              "pid": os.getpid()}, indent=2) + "\n", encoding="utf-8")
+        Path(args.out).with_suffix(".txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"wrote {args.out} and {Path(args.out).with_suffix('.txt')}")
+
+
+if __name__ == "__main__":
+    main()
