@@ -47,11 +47,13 @@ class AttackRun:
 
 
 def square_attack(oracle: Oracle, images: np.ndarray, labels: np.ndarray, *, eps: float = 8 / 255,
-                  queries: int = 1000, p_init: float = 0.05, seed: int = 0) -> AttackRun:
+                  queries: int = 1000, p_init: float = 0.8, seed: int = 0) -> AttackRun:
     """Square Attack on `oracle.scores`; stops per image once the margin is negative or at `queries`.
 
     images: float (N, H, W, 3) in [0, 1] on the 8-bit grid; labels: (N,) int true classes; eps in [0, 1]
-    units (use k/255 so every candidate stays on the 8-bit grid). Returns an `AttackRun`.
+    units (use k/255 so every candidate stays on the 8-bit grid). p_init: the share of pixels the first
+    squares cover; 0.8 is AutoAttack's setting for 32x32 images (the paper's ImageNet runs use 0.05, which
+    on 32x32 GTSRB fools an undefended model half as often in 300 queries). Returns an `AttackRun`.
     """
     x = np.asarray(images, dtype=np.float32)
     y = np.asarray(labels, dtype=np.int64)
