@@ -8,6 +8,8 @@
 2. Run it through exactly the `infer` path (`run_infer`: the video source, the boxes, the defense, the
    ensemble, the JSON lines, the annotated clip).
 3. Score every region against the class that was drawn, and report per-sign accuracy and latency.
+4. Attack crops of the same clip on an undefended model and show what the vaccinated ensemble and its
+   suspect flag make of them (`edge_guard.demo_attack`).
 
 The printed accuracy is what it measures on these renders: drawn signs are cleaner and flatter than
 the photographs the bundle learned from, so some classes read better than others.
@@ -24,7 +26,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_guard.bundle import default_bundle_path
+from edge_guard.demo_attack import AttackResult, run_attack_demo
+from edge_guard.guard import Guard, resize
 from edge_guard.infer import InferOptions, InferSummary, run_infer
+from edge_guard.sources import open_source
+from edge_guard.sources.frame import decode_frame
 
 RED, WHITE, BLACK, BLUE, YELLOW = (200, 25, 30), (245, 245, 245), (20, 20, 20), (20, 70, 170), (250, 200, 20)
 SIZE = (640, 360)  # width, height of the clip
@@ -161,12 +168,32 @@ def render_clip(folder: Path, *, frames: int = 48, signs_per_frame: int = 3, see
     return video, boxes, truth
 
 
+def clip_crops(video: Path, truth: list[list[Placed]], *, every: int = 4, size: tuple[int, int] = (32, 32)
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The drawn signs of every `every`-th frame, cut from the decoded clip and resized as infer does.
+
+    Returns (N x height x width x 3 uint8 RGB crops, N class ids); size is (height, width).
+    """
+    crops, labels = [], []
+    with open_source(str(video)) as source:
+        for frame in source:
+            if frame.index % every or frame.index >= len(truth):
+                continue
+            image, _ = decode_frame(frame)
+            for sign in truth[frame.index]:
+                x1, y1, x2, y2 = sign.box
+                crops.append(resize(image[y1:y2, x1:x2], *size))
+                labels.append(sign.class_id)
+    return np.stack(crops), np.array(labels, np.int64)
+
+
 @dataclass(frozen=True)
 class DemoResult:
     folder: Path
     summary: InferSummary
     per_class: dict[str, tuple[int, int]]  # class name -> (correct, seen)
     suspect: int
+    attack: AttackResult | None = None
 
     def lines(self) -> list[str]:
         seen = sum(n for _, n in self.per_class.values())
@@ -180,11 +207,13 @@ class DemoResult:
                    f"({self.summary.bundle}, {self.summary.provider})")
         out.append(f"wrote {self.folder / 'annotated.avi'} (boxes, labels, suspect in red), "
                    f"{self.folder / 'results.jsonl'} and the clip {self.folder / 'demo.avi'}")
+        if self.attack is not None:
+            out += [""] + self.attack.lines()
         return out
 
 
 def run_demo(folder: str | Path = "demo-output", *, bundle: str | None = None, frames: int = 48,
-             threads: int | None = 1, seed: int = 0) -> DemoResult:
+             threads: int | None = 1, seed: int = 0, attack: bool = True) -> DemoResult:
     """Render the clip into `folder`, classify it through the infer path, score it (see the module docstring)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -194,9 +223,8 @@ def run_demo(folder: str | Path = "demo-output", *, bundle: str | None = None, f
                                      annotate=str(folder / "annotated.avi"), status=False))
     per_class: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     suspect = 0
-    from edge_guard.bundle import default_bundle_path, load_bundle
-
-    names = load_bundle(bundle or default_bundle_path(), verify=False).classes
+    guard = Guard.from_bundle(bundle or default_bundle_path(), threads=threads, seed=seed)
+    names = guard.classes
     for line in (folder / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
         drawn = truth[record["frame"]]
@@ -205,4 +233,8 @@ def run_demo(folder: str | Path = "demo-output", *, bundle: str | None = None, f
             entry[0] += region["class_id"] == sign.class_id
             entry[1] += 1
             suspect += region["suspect"]
-    return DemoResult(folder, summary, {k: (v[0], v[1]) for k, v in per_class.items()}, suspect)
+    attacked = None
+    if attack:
+        crops, labels = clip_crops(video, truth, size=(guard.bundle.input.height, guard.bundle.input.width))
+        attacked = run_attack_demo(folder, crops, labels, guard, threads=threads)
+    return DemoResult(folder, summary, {k: (v[0], v[1]) for k, v in per_class.items()}, suspect, attacked)

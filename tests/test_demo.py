@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 from typer.testing import CliRunner
@@ -33,3 +34,8 @@ def test_demo_reads_the_clip_through_infer_and_scores_it(tmp_path):
                 for rec in records for region, sign in zip(rec["regions"], truth[rec["frame"]]))
     assert len(records) == 12 and f"rendered 12 frames with {drawn} signs; read {right} of them right" in result.output
     assert (tmp_path / "annotated.avi").is_file() and "latency per frame" in result.output
+    # the attack half: crafted live (torch is installed for the tests), flips the undefended model
+    assert "crafted live on this clip's crops" in result.output and (tmp_path / "attack.png").is_file()
+    clean, attacked = map(int, re.search(r"undefended \(gtsrb-undefended\)\s+(\d+) / \d+\s+(\d+) / ",
+                                         result.output).groups())
+    assert attacked < clean
