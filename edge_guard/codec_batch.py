@@ -114,12 +114,8 @@ class TurboBatch:
     """Round trips of contiguous uint8 RGB batches through libturbojpeg (see the module docstring)."""
 
     def __init__(self, path: str | None = None) -> None:
-        from edge_guard.jpeg_tiled import Tiled
-
         self._lib = _Lib(path or find_libturbojpeg())
         self._local = threading.local()
-        self._tiled = Tiled(self._lib.lib)
-        self.use_tiled = True  # stacked crops (edge_guard.jpeg_tiled) where they apply and the probe agrees
 
     def _handles(self) -> _Handles:
         handles = getattr(self._local, "handles", None)
@@ -129,19 +125,6 @@ class TurboBatch:
 
     def run(self, src: np.ndarray, dst: np.ndarray, quality: int, subsampling: str) -> None:
         """Round-trip every image of src (N, H, W, 3) into dst (same shape), both C-contiguous uint8."""
-        from edge_guard.jpeg_tiled import eligible
-
-        n, h, w, _ = src.shape
-        flags = _TJFLAG_ACCURATEDCT | _TJFLAG_NOREALLOC
-        if self.use_tiled and n > 1 and eligible(h, w, subsampling):
-            hd = self._handles()
-            if self._tiled.check(lambda a, b, q: self.one_by_one(a, b, q, "420"), hd, flags):
-                self._tiled.run(hd, src, dst, quality, flags)
-                return
-        self.one_by_one(src, dst, quality, subsampling)
-
-    def one_by_one(self, src: np.ndarray, dst: np.ndarray, quality: int, subsampling: str) -> None:
-        """`run` with one JPEG per image."""
         n, h, w, _ = src.shape
         hd = self._handles()
         samp = _TJSAMP[subsampling]

@@ -121,8 +121,7 @@ class _TurboCodec:
         self._samp = {"420": turbojpeg.TJSAMP_420, "422": turbojpeg.TJSAMP_422, "444": turbojpeg.TJSAMP_444}
         self._flags = turbojpeg.TJFLAG_ACCURATEDCT
         try:  # the same library through ctypes, with persistent handles: batches (edge_guard.codec_batch)
-            self.batch = codec_batch.TurboBatch()
-            self.run_batch = self.batch.run
+            self.run_batch = codec_batch.TurboBatch().run
         except (OSError, AttributeError) as exc:
             log.info("batched libturbojpeg calls unavailable (%s); round trips go through PyTurboJPEG", exc)
             self.run_batch = codec_batch.generic_run(self)

@@ -104,31 +104,3 @@ def test_defense_round_trips_each_quality_once_per_crop(monkeypatch, backend):
     monkeypatch.setattr(codec, "run_batch", real)
     assert np.array_equal(got[4], jpeg.slq(batch, (20, 40, 60, 80), rng=5, backend=backend))
     assert np.array_equal(got[1], one_by_one(batch, 40, backend))
-
-
-@pytest.mark.skipif("turbojpeg" not in BACKENDS, reason="libturbojpeg is not installed here")
-@pytest.mark.parametrize("size", [(32, 32), (48, 64), (16, 16)])
-def test_stacked_crops_equal_one_jpeg_per_crop(monkeypatch, size):
-    batch = crops(40, 64)[:, :size[0], :size[1]].copy()
-    batch[3] = 255  # flat and saturated crops next to busy ones: edges that clip
-    batch[4] = 0
-    turbo = jpeg._codec("turbojpeg").batch
-    for q in (10, 50, 95):
-        tiled = jpeg.roundtrips(batch, [q], backend="turbojpeg", threads=1)[0]
-        assert turbo._tiled.ok is True  # the probe agreed, so the stacked path ran
-        monkeypatch.setattr(turbo, "use_tiled", False)
-        single = jpeg.roundtrips(batch, [q], backend="turbojpeg", threads=1)[0]
-        monkeypatch.setattr(turbo, "use_tiled", True)
-        assert np.array_equal(tiled, single), (size, q)
-        assert np.array_equal(single, one_by_one(batch, q, "turbojpeg"))
-
-
-@pytest.mark.skipif("turbojpeg" not in BACKENDS, reason="libturbojpeg is not installed here")
-def test_a_stacked_path_that_disagrees_is_not_used(caplog):
-    turbo = codec_batch.TurboBatch()
-    turbo._tiled._run = lambda hd, src, dst, q, flags: dst.fill(0)  # a libjpeg-turbo build that decodes differently
-    batch = crops(8)
-    out = np.empty_like(batch)
-    turbo.run(batch, out, 50, "420")
-    assert turbo._tiled.ok is False and "one-by-one" in caplog.text
-    assert np.array_equal(out, one_by_one(batch, 50, "turbojpeg"))
