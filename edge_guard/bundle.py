@@ -58,6 +58,17 @@ class FusedSpec(Spec, kw_only=True):
     sha256: Sha256
 
 
+class AlarmSpec(Spec, kw_only=True):
+    """The attack alarm measured for this bundle (`edge_guard.alarm.choose_alarm`): a region is suspect when
+    fewer than `suspect_below` of the members vote for the winner, or its confidence is below
+    `confidence_below` (0: off). `measured`: the rates behind the choice (clean false alarms, detection per
+    attack, AUC, images, the command). Optional: bundles without it use DEFAULT_SUSPECT_BELOW."""
+
+    suspect_below: Annotated[float, msgspec.Meta(gt=0, le=1, description="a share of members in (0, 1]")]
+    confidence_below: Annotated[float, msgspec.Meta(ge=0, le=1, description="a confidence in [0, 1]")] = 0.0
+    measured: dict[str, Any] = {}
+
+
 class Provenance(Spec, kw_only=True):
     """How the bundle was made: the command, ISO 8601 creation time, package versions."""
 
@@ -79,7 +90,15 @@ class Manifest(Spec, kw_only=True):
     fused: FusedSpec | None = None
     vote: VoteRule
     metrics: dict[str, Any]
+    alarm: AlarmSpec | None = None  # optional (format_version 1 bundles without it stay valid)
     provenance: Provenance
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready builtins; no "alarm" key when there is none, so such manifests read as before."""
+        out = super().to_dict()
+        if out.get("alarm") is None:
+            out.pop("alarm", None)
+        return out
 
 
 def _manifest_field(name: str) -> Any:
@@ -107,6 +126,7 @@ class Bundle:
     fused = _manifest_field("fused")
     vote = _manifest_field("vote")
     metrics = _manifest_field("metrics")
+    alarm = _manifest_field("alarm")
     provenance = _manifest_field("provenance")
 
     @property

@@ -575,9 +575,10 @@ def infer(
         None, "--detector-classes", help="Detector class ids to keep, e.g. 11 (default: all)."),
     min_confidence: float = typer.Option(
         0.0, "--min-confidence", help='Below this ensemble confidence a region is "no sign" (class_id null).'),
-    suspect_below: float = typer.Option(
-        DEFAULT_SUSPECT_BELOW, "--suspect-below", help="Flag a region suspect when fewer than this share of members vote for the "
-                                     "winner (the attack / out-of-distribution alarm)."),
+    suspect_below: float | None = typer.Option(
+        None, "--suspect-below", help="Flag a region suspect when fewer than this share of members vote for the "
+                                      "winner (the attack / out-of-distribution alarm). Default: the thresholds "
+                                      f"the bundle's manifest measured (alarm), else {DEFAULT_SUSPECT_BELOW}."),
     providers: str = typer.Option("cpu", "--providers", help="Ordered execution providers, e.g. tensorrt,cuda,cpu."),
     threads: int | None = typer.Option(None, "--threads", help="onnxruntime intra-op threads (default: its choice)."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for SLQ's random block choice."),

@@ -301,11 +301,11 @@ class Guard:
         """
         from edge_guard.regions import Regions
         from edge_guard.sources import Source, open_source
-        from edge_guard.stream import DEFAULT_SUSPECT_BELOW, run_stream
+        from edge_guard.stream import run_stream
 
         if regions is None:
             regions = Regions.from_detector(detector) if detector is not None else Regions.fixed(rois or [])
         opened = source if isinstance(source, Source) else open_source(source, **source_options)
         return run_stream(self, opened, regions, min_confidence=min_confidence, max_frames=max_frames, stats=stats,
-                          suspect_below=DEFAULT_SUSPECT_BELOW if suspect_below is None else suspect_below,
+                          suspect_below=suspect_below,  # None: the manifest's alarm, else DEFAULT_SUSPECT_BELOW
                           backend=str(self.backend or "auto"))

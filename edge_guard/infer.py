@@ -23,7 +23,7 @@ from edge_guard.regions import Box, Regions
 from edge_guard.sources import CameraSettings, Source, kind_of, open_source
 from edge_guard.sources.frame import MAX_PIXELS, Frame, FrameError
 from edge_guard.sources.images import warn_skip
-from edge_guard.stream import DEFAULT_SUSPECT_BELOW, STAGES, StreamStats, check_thresholds, run_stream
+from edge_guard.stream import STAGES, StreamStats, check_thresholds, run_stream
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class InferOptions:
     detector_score: float = 0.25
     detector_classes: tuple[int, ...] | None = None
     min_confidence: float = 0.0
-    suspect_below: float = DEFAULT_SUSPECT_BELOW
+    suspect_below: float | None = None  # None: the bundle's measured alarm, else DEFAULT_SUSPECT_BELOW
     output: str | None = None  # None: stdout
     append: bool = False
     annotate: str | None = None

@@ -6,7 +6,9 @@
 Each frame is decoded once: a JPEG frame (MJPEG camera, stdin, HTTP) at the largest DCT scale that
 keeps its regions at least the model's input size, boxes being given in full-frame pixels either
 way. A region whose members disagree (fewer than `suspect_below` of them vote for the winner) is
-flagged `suspect`: the ensemble's own alarm for an attack or an out-of-distribution input. Below
+flagged `suspect`: the ensemble's own alarm for an attack or an out-of-distribution input (with no
+`suspect_below` given, the thresholds the bundle's manifest measured, `alarm`, else DEFAULT_SUSPECT_BELOW;
+see edge_guard.alarm). Below
 `min_confidence` a region's class is None ("no sign"). A frame that does not decode is counted
 by reason and skipped; a box that does not fit is clipped, or skipped and counted when nothing is left.
 """
@@ -146,9 +148,11 @@ class StreamStats:
         return self.frames / elapsed if elapsed > 0 else 0.0
 
 
-def check_thresholds(min_confidence: float, suspect_below: float) -> None:
-    """ConfigError unless both thresholds are numbers in [0, 1]."""
+def check_thresholds(min_confidence: float, suspect_below: float | None) -> None:
+    """ConfigError unless both thresholds are numbers in [0, 1] (suspect_below None: the bundle's)."""
     for name, value in (("--min-confidence", min_confidence), ("--suspect-below", suspect_below)):
+        if name == "--suspect-below" and value is None:
+            continue
         if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
             raise ConfigError(expected_got(name, "a number in [0, 1]", repr(value)))
 
@@ -191,8 +195,18 @@ def _scale_for(frame: Frame, size: tuple[int, int] | None, regions: Regions, nee
     return dct_scale(size[0], size[1], boxes, need) if boxes else 1
 
 
+def alarm_thresholds(guard: Guard, suspect_below: float | None = None) -> tuple[float, float]:
+    """(agreement threshold, confidence threshold) of the suspect flag: the caller's suspect_below when given
+    (confidence off), else the bundle manifest's measured alarm, else (DEFAULT_SUSPECT_BELOW, off)."""
+    if suspect_below is not None:
+        return float(suspect_below), 0.0
+    alarm = guard.bundle.manifest.alarm
+    return (float(alarm.suspect_below), float(alarm.confidence_below)) if alarm is not None \
+        else (DEFAULT_SUSPECT_BELOW, 0.0)
+
+
 def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confidence: float = 0.0,
-                   suspect_below: float = DEFAULT_SUSPECT_BELOW, dct_scaling: bool = True,
+                   suspect_below: float | None = None, dct_scaling: bool = True,
                    backend: str = "auto", keep_image: bool = False, max_pixels: int = MAX_PIXELS,
                    session_ms: list[float] | None = None) -> FrameResult:
     """Decode one frame, cut its regions and classify them. Raises FrameError when it does not decode.
@@ -206,6 +220,7 @@ def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confiden
     boxes, scores, skipped = _boxes(frame, image, regions, scale)
     preds = guard.classify(image, rois=[boxes], session_ms=session_ms) if boxes else []
     members = len(guard.bundle.members)
+    below, conf_below = alarm_thresholds(guard, suspect_below)
     out = []
     full_w, full_h = size if size is not None and scale > 1 else (image.shape[1], image.shape[0])
     for box, score, p in zip(boxes, scores, preds):
@@ -214,7 +229,8 @@ def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confiden
         x1, y1, x2, y2 = (c * scale for c in box)  # back to full-frame pixels, inside the frame
         full = (min(x1, full_w), min(y1, full_h), min(x2, full_w), min(y2, full_h))
         out.append(RegionResult(full, p.class_id if known else None, p.class_name if known else None,  # type: ignore[arg-type]
-                                p.confidence, p.votes, agreement, agreement < suspect_below, score))
+                                p.confidence, p.votes, agreement,
+                                agreement < below or p.confidence < conf_below, score))
     stages = preds[0].timings_ms if preds else {}
     timings = {"decode": (t1 - t0) * 1000.0, "crop": stages.get("preprocess", 0.0),
                "defense": stages.get("defense", 0.0), "inference": stages.get("inference", 0.0),
@@ -225,7 +241,7 @@ def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confiden
 
 
 def run_stream(guard: Guard, source: Source, regions: Regions | None = None, *, min_confidence: float = 0.0,
-               suspect_below: float = DEFAULT_SUSPECT_BELOW, stats: StreamStats | None = None,
+               suspect_below: float | None = None, stats: StreamStats | None = None,
                max_frames: int | None = None, dct_scaling: bool = True, backend: str = "auto",
                keep_image: bool = False, max_pixels: int = MAX_PIXELS,
                on_corrupt: Callable[[Frame, FrameError], None] | None = None) -> Iterator[FrameResult]:
@@ -244,7 +260,7 @@ def run_stream(guard: Guard, source: Source, regions: Regions | None = None, *, 
 
 
 def _loop(guard: Guard, source: Source, regions: Regions, stats: StreamStats, *, min_confidence: float,
-          suspect_below: float, max_frames: int | None, dct_scaling: bool, backend: str, keep_image: bool,
+          suspect_below: float | None, max_frames: int | None, dct_scaling: bool, backend: str, keep_image: bool,
           max_pixels: int, on_corrupt: Callable[[Frame, FrameError], None] | None) -> Iterator[FrameResult]:
     try:
         for frame in source:
