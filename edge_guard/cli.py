@@ -727,7 +727,7 @@ def bench(
 
         check_output_path(json_out, what="--json")  # before the run: a benchmark's results are never lost
     report = run_bench(bundle, config)
-    Console().print(report.table())
+    Console(width=None if sys.stdout.isatty() else 200).print(report.table())  # a file or pipe gets every column
     _print(report.summary())
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
