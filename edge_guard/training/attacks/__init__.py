@@ -37,6 +37,7 @@ from edge_guard.training.attacks.eot import EOT
 from edge_guard.training.attacks.fgsm import FGSM
 from edge_guard.training.attacks.metrics import AttackMetrics, attack_metrics, perturbation_norms, predict
 from edge_guard.training.attacks.pgd import PGD
+from edge_guard.training.attacks.rp2 import RP2, PhysicalTransforms, apply_sticker, physical_views, sticker_mask
 
 ATTACKS: dict[str, type[Attack]] = {"fgsm": FGSM, "pgd": PGD, "apgd-ce": APGDCE, "apgd-dlr": APGDDLR,
                                     "deepfool": DeepFool, "cw": CW}
@@ -64,7 +65,7 @@ def create_attack(name: str, model: nn.Module, **kwargs: Any) -> Attack:
 
 __all__ = [
     "APGD", "APGDCE", "APGDDLR", "ATTACKS", "Attack", "AttackMetrics", "BPDAJPEG", "BPDASLQ", "CW", "DeepFool",
-    "DefendedModel", "EOT",
+    "DefendedModel", "EOT", "PhysicalTransforms", "RP2", "apply_sticker", "physical_views", "sticker_mask",
     "FGSM", "PGD", "attack_metrics", "bpda", "create_attack", "dlr_loss", "ensemble_defended", "jpeg_defended",
     "list_attacks", "make_defense", "perturbation_norms", "predict", "slq_defended", "vote",
 ]
