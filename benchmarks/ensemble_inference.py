@@ -9,9 +9,9 @@ round, medians:
 - fused: the bundle's fused graph (all members in one graph, one call);
 - fused, parallel: the same graph with onnxruntime's parallel executor (members' branches on inter-op threads);
 - members, concurrent: the member sessions called from a thread pool (onnxruntime releases the GIL);
-- grouped: the members fused horizontally into one graph of grouped convolutions (ResNet members only: every
-  conv of the M members as one conv with groups=M), built here with random weights: speed does not depend on
-  them; its output is not a classifier;
+- grouped: the members fused horizontally into one graph of M-times-wider grouped operators
+  (edge_guard.training.export.grouped: every conv of the M members as one conv with groups=M, a block-diagonal
+  last layer), built here from the bundle's member graphs; its logits are checked against theirs;
 - PyTorch eager: the M member modules (random weights, same architecture) looped, torch.inference_mode.
 Each at --threads intra-op threads (1 and 2 by default). Beside each: the members' multiply-adds (counted from
 the ONNX graphs) at the numpy matmul peak for that thread count: the time the arithmetic alone needs.
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,29 +46,15 @@ def session(model: str | bytes, threads: int, parallel: bool = False) -> ort.Inf
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def grouped_resnet(path: Path, members: int, depth: int, width: int, classes: int) -> Path | None:
-    """M ResNet members as one graph of grouped convolutions, exported to ONNX at `path` (None without torch)."""
+def grouped_graph(files: list[Path]) -> tuple[bytes | None, str]:
+    """The members grouped into one graph (edge_guard.training.export.grouped, needs onnx), and a note."""
     try:
-        import torch
-        from torch import nn
+        import onnx
 
-        from edge_guard.training.models import ResNetSmall
-    except ImportError:
-        return None
-    net = ResNetSmall(classes, depth=depth, width=width * members)
-    for module in list(net.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Conv2d):
-                cin = child.in_channels * (members if child.in_channels == 3 else 1)
-                setattr(module, child_name, nn.Conv2d(cin, child.out_channels, child.kernel_size, child.stride,
-                                                      child.padding, groups=members, bias=False))
-    net.normalize = nn.Identity()
-    fc = nn.Conv2d(net.fc.in_features, classes * members, 1, groups=members)
-    model = nn.Sequential(net.stem, net.blocks, net.pool, fc, nn.Flatten()).eval()
-    x = torch.zeros(1, 3 * members, 32, 32)
-    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, opset_version=17, dynamo=False)
-    return path
+        from edge_guard.training.export.grouped import group
+    except ImportError as exc:
+        return None, f"grouped graph not built ({exc})"
+    return group([onnx.load(str(f)) for f in files]).SerializeToString(), "grouped from the members' own weights"
 
 
 def torch_members(members: int, depth: int, width: int, classes: int, arch: str) -> list | None:
@@ -88,7 +73,7 @@ def contenders(x: np.ndarray, members: list, fused: ort.InferenceSession | None,
                fused_parallel: ort.InferenceSession | None, single: list, pool: ThreadPoolExecutor,
                group: ort.InferenceSession | None, eager: list | None) -> dict[str, Callable[[], object]]:
     """The calls timed on per-member inputs x [M, N, 3, 32, 32]."""
-    m, n = x.shape[:2]
+    m = x.shape[0]
     xs = [np.ascontiguousarray(x[i]) for i in range(m)]
     c: dict[str, Callable[[], object]] = {"members": lambda: [s.run(None, {"input": xi}) for s, xi in zip(members, xs)]}
     if fused is not None and fused_parallel is not None:
@@ -97,8 +82,7 @@ def contenders(x: np.ndarray, members: list, fused: ort.InferenceSession | None,
         c["fused, parallel executor"] = lambda: fused_parallel.run(None, {"input": xf})
     c["members, concurrent"] = lambda: list(pool.map(lambda a: a[0].run(None, {"input": a[1]}), zip(single, xs)))
     if group is not None:
-        xg = np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4).reshape(n, 3 * m, *x.shape[3:]))
-        c["grouped (horizontal fusion)"] = lambda: group.run(None, {"input": xg})
+        c["grouped (horizontal fusion)"] = lambda: group.run(None, {"input": x})
     if eager is not None:
         import torch
 
@@ -140,13 +124,13 @@ def main() -> None:
     macs = sum(graph_macs(f) for f in files)
     resnet = "resnet" in bundle.description.lower() or "r14" in bundle.name
     depth, width = 14, 16
-    tmp = Path(tempfile.mkdtemp())
-    grouped = grouped_resnet(tmp / "grouped.onnx", m, depth, width, bundle.num_classes) if resnet else None
+    grouped, note = grouped_graph(files)
     eager = torch_members(m, depth, width, bundle.num_classes, "resnet" if resnet else "compact")
     import torch
 
-    lines = [f"$ python {' '.join(sys.argv)}", f"{bundle.name}: {m} members, {macs / 1e6:.1f} M multiply-adds per crop "
-             f"(all members, from the ONNX graphs); {args.rounds} interleaved rounds, medians, ms per call"]
+    lines = [f"$ python {' '.join(sys.argv)}", note,
+             f"{bundle.name}: {m} members, {macs / 1e6:.1f} M multiply-adds per crop (all members, from the ONNX "
+             f"graphs); {args.rounds} interleaved rounds, medians, ms per call"]
     results = []
     for threads in (int(t) for t in args.threads.split(",")):
         peak = matmul_peak(threads=threads)["gflops"]
@@ -156,14 +140,20 @@ def main() -> None:
         fused_parallel = session(str(bundle.root / bundle.fused.file), threads, parallel=True) if bundle.fused else None
         single = [session(str(f), 1) for f in files]
         pool = ThreadPoolExecutor(threads)
-        group = session(str(grouped), threads) if grouped else None
+        group = session(grouped, threads) if grouped else None
         for n in (int(b) for b in args.batches.split(",")):
             x = np.random.default_rng(0).random((m, n, 3, 32, 32), dtype=np.float32)
             c = contenders(x, members, fused, fused_parallel, single, pool, group, eager)
+            if group is not None:
+                ref = np.stack([s.run(None, {"input": xi})[0] for s, xi in zip(members, x)])
+                diff = float(np.abs(group.run(None, {"input": x})[0] - ref).max())
+                note_n = f"; grouped vs members max |logit diff| {diff:.1e}"
+            else:
+                note_n = ""
             t = interleaved(c, args.rounds)
             floor = 2 * macs * n / (peak * 1e9) * 1000
             lines.append(f"threads {threads}, batch {n}: arithmetic at the matmul peak ({peak:.0f} GFLOP/s) "
-                         f"{floor:.2f} ms")
+                         f"{floor:.2f} ms{note_n}")
             for k, v in t.items():
                 lines.append(f"  {k:<30} {v:8.2f} ms  {v / t['members']:.2f}x members  "
                              f"{100 * floor / v:3.0f}% of peak  {n * 1000 / v:8.0f} crops/s")
