@@ -1,4 +1,4 @@
-"""Our attacks against torchattacks 3.5.1: same results for FGSM/PGD, DeepFool quality and speed.
+"""Our attacks against torchattacks 3.5.1: same results for FGSM/PGD, APGD strength, DeepFool quality and speed.
 
     python benchmarks/attacks_vs_torchattacks.py                       # synthetic 43-class data, ~1-2 min
     python benchmarks/attacks_vs_torchattacks.py --ckpt runs/base/best.pt --data /path/to/GTSRB --out r.json
@@ -9,7 +9,10 @@ GTSRB-sized data (43 classes, 32x32, a smooth colour template per class plus noi
 reads), the first --n test images are attacked instead.
 
 Reported: FGSM and PGD (random_start=False) max |ours - torchattacks| over the adversarial images
-(expected 0: same algorithm, same arithmetic) and success rates; DeepFool success rate, median L2
+(expected 0: same algorithm, same arithmetic) and success rates; APGD-CE and APGD-DLR (--apgd-steps, one
+restart, seed 0) success rates, ours against torchattacks.APGD (expected: ours the same or higher;
+the random starts differ, and torchattacks' integer checkpoint rule differs from the paper's for short
+runs); DeepFool success rate, median L2
 (in [0, 1] units) and wall time on the same batch for both, and the speed ratio torchattacks / ours.
 torchattacks' DeepFool differentiates all classes one sample at a time; ours takes the top-10
 candidate classes and one backward pass per candidate over the whole batch.
@@ -30,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_guard.training.attacks import FGSM, PGD, DeepFool, attack_metrics, predict
+from edge_guard.training.attacks import APGDCE, APGDDLR, FGSM, PGD, DeepFool, attack_metrics, predict
 
 
 def synthetic(n: int, classes: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +84,8 @@ def timed(fn: Any, *args: Any) -> tuple[torch.Tensor, float]:
     return out, time.perf_counter() - start
 
 
-def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> dict[str, Any]:
+def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, attacks: tuple[str, ...] = ("FGSM", "PGD",
+        "APGD-CE", "APGD-DLR", "DeepFool"), apgd_steps: int = 100) -> dict[str, Any]:
     import torchattacks
 
     clean = predict(model, x)
@@ -96,8 +100,20 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> dict[
                 torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=10, random_start=False)),
     }
     for name, (ours, theirs) in pairs.items():
+        if name not in attacks:
+            continue
         a, ta = ours(x, y), theirs(x, y)
         results[name] = {"max_abs_diff": float((a - ta).abs().max()), "ours": score(a), "torchattacks": score(ta)}
+    apgd = {"APGD-CE": (APGDCE, "ce"), "APGD-DLR": (APGDDLR, "dlr")}
+    for name, (cls, loss) in apgd.items():
+        if name not in attacks:
+            continue
+        a, t_ours = timed(cls(model, eps=eps, steps=apgd_steps, n_restarts=1, seed=0), x, y)
+        ta, t_theirs = timed(torchattacks.APGD(model, eps=eps, steps=apgd_steps, n_restarts=1, loss=loss, seed=0), x, y)
+        results[name] = {"ours": {**score(a), "seconds": t_ours}, "torchattacks": {**score(ta), "seconds": t_theirs},
+                         "steps": apgd_steps}
+    if "DeepFool" not in attacks:
+        return results
 
     ours_df, t_ours = timed(DeepFool(model, steps=50, overshoot=0.02, candidates=10), x, y)
     theirs_df, t_theirs = timed(torchattacks.DeepFool(model, steps=50, overshoot=0.02), x, y)
@@ -112,7 +128,9 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> dict[
 def print_table(r: dict[str, Any]) -> None:
     print(f"\n{r['n']} images, clean accuracy {r['clean_accuracy']:.3f}")
     print(f"{'attack':<10}{'impl':<14}{'success':>9}{'L2 median':>11}{'Linf med':>10}{'seconds':>9}  note")
-    for name in ("FGSM", "PGD", "DeepFool"):
+    for name in ("FGSM", "PGD", "APGD-CE", "APGD-DLR", "DeepFool"):
+        if name not in r:
+            continue
         for impl in ("ours", "torchattacks"):
             m = r[name][impl]
             l2 = "-" if m["l2_median"] is None else f"{m['l2_median']:.4f}"
@@ -122,6 +140,10 @@ def print_table(r: dict[str, Any]) -> None:
             note = ""
             if impl == "ours" and "max_abs_diff" in r[name]:
                 note = f"max |ours - torchattacks| = {r[name]['max_abs_diff']:.2e}"
+            if impl == "ours" and name.startswith("APGD"):
+                theirs = r[name]["torchattacks"]["success_rate"] or 0.0
+                cmp = ">=" if (m["success_rate"] or 0.0) >= theirs else "<"
+                note = f"{r[name]['steps']} steps; ours {cmp} torchattacks"
             if impl == "ours" and name == "DeepFool":
                 note = f"speed ratio ours vs torchattacks: {r[name]['speedup']:.1f}x faster"
             print(f"{name:<10}{impl:<14}{sr:>9}{l2:>11}{linf:>10}{secs:>9}  {note}")
@@ -141,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps", type=float, default=4.0, help="FGSM/PGD budget in 8-bit levels (eps = n/255)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attacks", default="FGSM,PGD,APGD-CE,APGD-DLR,DeepFool", help="which rows to run")
+    p.add_argument("--apgd-steps", type=int, default=100, help="APGD iterations (both implementations)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.threads:
@@ -154,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         model = train_synthetic(args.model, args.classes, args.size, args.train_steps, args.seed)
         x, y = synthetic(args.n, args.classes, args.size, args.seed + 1)
         source = {"synthetic": {"model": args.model, "classes": args.classes, "size": args.size}}
-    results = run(model, x, y, args.eps / 255)
+    results = run(model, x, y, args.eps / 255, tuple(args.attacks.split(",")), args.apgd_steps)
     import torchattacks
 
-    results["setup"] = {**source, "eps_levels": args.eps, "torch": torch.__version__,
+    results["setup"] = {**source, "command": "python benchmarks/attacks_vs_torchattacks.py " + " ".join(
+                            sys.argv[1:] if argv is None else argv), "eps_levels": args.eps, "torch": torch.__version__,
                         "torchattacks": torchattacks.__version__, "threads": torch.get_num_threads(),
                         "machine": platform.platform(), "python": sys.version.split()[0]}
     print_table(results)
