@@ -137,7 +137,8 @@ def score(guard: Guard, attack: AttackSet, name: str, suspect_below: float | Non
 
 
 def write_panel(path: Path, attack: AttackSet, scale: int = 3) -> Path:
-    """A PNG with the clean crops, the attacked crops and their difference amplified 127 // EPS_LEVELS times (x15; grey is no change)."""
+    """A PNG with the clean crops, the attacked crops and their difference amplified 127 // EPS_LEVELS times
+    (x15 at 8 levels), grey where nothing changed."""
     diff = attack.adversarial.astype(np.int16) - attack.clean.astype(np.int16)
     amplified = np.clip(128 + diff * (127 // EPS_LEVELS), 0, 255).astype(np.uint8)
     rows = [np.concatenate(list(block), axis=1) for block in (attack.clean, attack.adversarial, amplified)]
