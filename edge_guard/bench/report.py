@@ -65,7 +65,7 @@ class BenchReport:
             sessions = ", ".join(f"{k} {v['p50']:.2f}" for k, v in r["sessions"].items())
             parts.append(f"decode at 1/{r['decode_scale']}, inference ms per session: {sessions}")
             lim = self.limits.get(name)
-            if lim:
+            if lim and "macs_per_crop" in lim:
                 share = 100 * lim["arithmetic_ms"] / max(r["stages"]["inference"]["p50"], 1e-9)
                 parts.append(f"{lim['macs_per_crop'] / 1e6:.1f} M multiply-adds/crop need {lim['arithmetic_ms']:.2f} "
                              f"ms per frame at the measured {self.limits['matmul_gflops']:.0f} GFLOP/s "

@@ -79,6 +79,9 @@ def _limits(guards: dict[str, Guard], crops: float, threads: int | None) -> dict
         except ImportError:
             out["note"] = "multiply-adds not counted: install onnx (pip install onnx)"
             return out
+        except Exception as exc:  # a graph the counter does not understand must not cost the run its results
+            out[name] = {"note": f"multiply-adds not counted: {type(exc).__name__}: {exc}"}
+            continue
         out[name] = {"macs_per_crop": macs, "arithmetic_ms": 2 * macs * crops / (peak["gflops"] * 1e9) * 1000}
     return out
 
