@@ -390,7 +390,11 @@ def vaccinate(
         None, "--cache-dir",
         help="Decoded-dataset cache (default ~/.cache/edgeguard)."),
     distributed: bool = typer.Option(False, "--distributed", envvar="EDGEGUARD_DISTRIBUTED",
-                                     help=DISTRIBUTED_HELP + " Each member trains on all ranks."),
+                                     help=DISTRIBUTED_HELP + " Each member trains on all ranks (see --fan-out)."),
+    fan_out: bool = typer.Option(
+        False, "--fan-out",
+        help="With --distributed: one member per rank instead (rank r trains members r, r+N, ...; each alone, as "
+             "one process would); rank 0 writes ensemble.json when all are done."),
 ) -> None:
     """Fine-tune JPEG-vaccinated members (one per quality, plus SLQ) from a base checkpoint; report the ensemble.
 
@@ -411,13 +415,15 @@ def vaccinate(
     if not qualities.strip():
         raise ConfigError(expected_got("--qualities", "comma-separated JPEG qualities like 20,40,60,80, or none "
                                        "(only the SLQ member)", "''"))
+    if fan_out and not distributed:
+        raise ConfigError(expected_got("--fan-out", "--distributed under torchrun", "no --distributed"))
     world = _join_group(distributed, device)
     result = vaccinate_members(
         base, data=data, qualities=parse_qualities_or_none(qualities, "--qualities"), slq=slq,
         epochs=epochs, shared_epochs=shared_epochs, val_every=val_every, lr=lr, adversarial=adversarial,
         num_threads=threads, device=device, subsampling=subsampling.value, backend=backend.value, out_dir=out, resume=resume,
         cache_dir=cache_dir, echo=typer.echo if world.main else None, eval_qualities=measured_at,
-        progress=world.main)
+        progress=world.main, fan_out=fan_out)
     if world.main:
         _print(result.summary())
 
@@ -689,7 +695,8 @@ def bench(
     trusted_key: list[str] = typer.Option(
         [], "--trusted-key", help="Refuse bundles not signed by this public key (edgeguard keygen); repeatable."),
     profile: str | None = typer.Option(
-        None, "--profile", help="A firmware profile or .toml file: bundle, providers, threads, batch (as --rois); the "
+        None, "--profile", help="A firmware profile or .toml file: bundle, providers, threads, batch (as --rois), "
+                                "camera size (as --synthetic); the "
                                 "p99 latency per frame is checked against its latency budget (exit 1 when over)."),
     json_out: str | None = typer.Option(None, "--json", help="Also write the full report to this JSON file."),
 ) -> None:
@@ -710,9 +717,12 @@ def bench(
         from edge_guard.profiles import load_profile
 
         prof = load_profile(profile)
+        cam = prof.camera
         p = _apply_profile(ctx, prof, {"bundle": str(prof.bundle_path()), "providers": ",".join(prof.provider_names()),
-                                       "threads": prof.threads, "rois": prof.batch})
-        bundle, providers, threads, rois = p["bundle"], p["providers"], p["threads"], p["rois"]
+                                       "threads": prof.threads, "rois": prof.batch,
+                                       "synthetic": f"{cam.width}x{cam.height}" if cam.width and cam.height else None})
+        bundle, providers, threads, rois, synthetic = p["bundle"], p["providers"], p["threads"], p["rois"], \
+            p["synthetic"]
         allow_fallback, provider_options = prof.allow_fallback, prof.provider_options() or None
         dct_scaling = prof.dct_scaling
         trusted_key = [*trusted_key, *prof.trusted_keys]

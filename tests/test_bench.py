@@ -152,3 +152,16 @@ def test_spin_off_reaches_the_sessions(bundles):
     on = Guard.from_bundle(bundles["plain"], threads=2).engine._sessions[0].get_session_options()
     with pytest.raises(RuntimeError):  # not set: onnxruntime's default (spin)
         on.get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_bench_profile_sets_regions_and_frame_size(bundles, tmp_path):
+    profile = tmp_path / "board.toml"
+    profile.write_text(f'name = "board"\nbundle = "{bundles["plain"]}"\nthreads = 1\nbatch = 3\n'
+                       'latency_budget_ms = 100000.0\n[camera]\nwidth = 192\nheight = 96\n')
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["bench", "--profile", str(profile), "--frames", "2", "--warmup", "0",
+                                      "--distinct", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "latency budget: p99 per frame" in result.output and "PASS" in result.output
+    frames = json.loads(out.read_text())["frames"]
+    assert frames["size"] == [192, 96] and frames["crops_per_frame"] == 3

@@ -17,6 +17,9 @@ of `fit` (train, vaccinate, warm starts) runs data-parallel without new argument
 - rank 0 alone validates, writes checkpoints, config/metrics files and the log, and draws progress bars;
   the others wait for it at the next gradient exchange and receive its final metrics (`broadcast`).
 
+`vaccinate --fan-out` instead trains one member per rank (`shares`: rank r takes members r, r + N, ...),
+each alone, as one process would; rank 0 writes ensemble.json once every rank is done.
+
 Rank 0 keeps the single-process run's augmentation and vaccination randomness; rank r > 0 draws its own
 from (seed, epoch, r), so a 1-rank run equals a plain run and an N-rank run differs from it only by those
 draws, by batch-norm statistics over batch / N images instead of batch, and by float summation order.
@@ -24,11 +27,12 @@ draws, by batch-norm statistics over batch / N images instead of batch, and by f
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,7 +42,11 @@ from torch import nn
 from edge_guard.errors import ConfigError, expected_got
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-TIMEOUT = datetime.timedelta(minutes=60)  # rank 0 validates alone while the others wait (GTSRB: seconds)
+# how long a rank waits for the others: rank 0 validates alone (GTSRB: seconds), and with --fan-out a rank
+# that is done waits at the end for the slowest rank's members (hours for large sets)
+TIMEOUT = datetime.timedelta(hours=6)
+_ALONE: contextvars.ContextVar[bool] = contextvars.ContextVar("edgeguard_alone", default=False)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,9 @@ class World:
 
 
 def world() -> World:
-    """The initialized process group's rank and size, else World() (a plain single-process run)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    """The initialized process group's rank and size, else World() (a plain single-process run; also while
+    `shares` hands this rank an item to train alone)."""
+    if _ALONE.get() or not (dist.is_available() and dist.is_initialized()):
         return World()
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -129,6 +138,23 @@ class EpochBatches:
     def __iter__(self) -> Iterator[np.ndarray]:
         for step in range(len(self)):
             yield np.array_split(self.global_batch(step), self.w.size)[self.w.rank]
+
+
+def shares(items: Sequence[T], enabled: bool = True) -> Iterator[T]:
+    """This rank's items (r, r + N, ...; all of them when not enabled or not distributed). While the caller
+    handles each, `world()` is World(): what it trains, it trains alone. After the last, a barrier: every
+    rank's items are done (their files written) when the loop ends."""
+    w = world()
+    if not enabled or w.size == 1:
+        yield from items
+        return
+    for item in list(items)[w.rank::w.size]:
+        token = _ALONE.set(True)
+        try:
+            yield item
+        finally:
+            _ALONE.reset(token)
+    barrier(w)
 
 
 def wrap(model: nn.Module, w: World) -> nn.Module:

@@ -97,6 +97,7 @@ def vaccinate(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
+    fan_out: bool = False,
 ) -> VaccinateResult:
     """Fine-tune one member per JPEG quality (and an SLQ member) from `base_ckpt`; write the ensemble folder.
 
@@ -110,6 +111,7 @@ def vaccinate(
     alone, as in Das et al.). val_every: validate each member after every N-th epoch and after its last
     (best.pt is its best validated epoch). adversarial: also train on adversarial images made against each
     member through its own defense (see edge_guard.training.adversarial).
+    fan_out: under torchrun, train one member per rank (each alone) instead of each member on all ranks.
     Returns a VaccinateResult (see module docstring).
     """
     qualities = sorted({int(q) for q in qualities})
@@ -154,7 +156,7 @@ def vaccinate(
     if shared_epochs:
         start_model = copy.deepcopy(base_model)
         start = _shared_start(start_model, train_set, cfg, specs, shared_epochs, out, progress, say)
-    for spec in specs:
+    for spec in distributed.shares(specs, fan_out):  # fan_out under torchrun: this rank's members, each alone
         t0 = time.perf_counter()
         name, q = spec.name, spec.quality
         member_cfg = dataclasses.replace(cfg, out_dir=str(out / name))
@@ -168,6 +170,7 @@ def vaccinate(
         say(f"member {name}: val acc {members[name].metrics['val_accuracy']:.4f} on its own preprocessing "
             f"({time.perf_counter() - t0:.0f} s)")
 
+    members.update({s.name: _trained(out / s.name) for s in specs if s.name not in members})  # other ranks'
     w = distributed.world()  # under torchrun every rank trained each member; rank 0 writes, the others get its metrics
     if not w.main:
         return VaccinateResult(out, out / ENSEMBLE_FILE, members, distributed.broadcast(None, w))
@@ -289,6 +292,12 @@ def _member_data(cfg: TrainConfig, dataset: Dataset | None, base: dict[str, Any]
     if list(dataset.size) != list(base["input_size"]):
         raise ConfigError(expected_got("image size", base["input_size"], list(dataset.size)))
     return split_by_track(dataset, cfg.val_fraction, cfg.seed)
+
+
+def _trained(run: Path) -> TrainResult:
+    """A member another rank trained (vaccinate --fan-out), from its run folder."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    return TrainResult(run, run / "best.pt", run / "last.pt", metrics, int(metrics["epochs"]))
 
 
 def _acc(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -31,7 +31,7 @@ from edge_guard.training.data import split_by_track
 from edge_guard.training.distributed import EpochBatches, World
 from edge_guard.training.models import create_model
 from edge_guard.training.predict import robustness_views
-from edge_guard.training.train import channel_stats, fit
+from edge_guard.training.train import channel_stats, fit, train
 from tests.training.synthetic import make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,3 +179,38 @@ def test_batch_must_split_over_ranks_and_distributed_needs_torchrun(monkeypatch:
     assert len(result.output.strip().splitlines()) == 1
     bad = subprocess.run([sys.executable, "-m", "edge_guard.training", "evaluate"], capture_output=True, text=True)
     assert bad.returncode == 2 and "train, vaccinate" in bad.stderr
+
+
+def test_vaccinate_fan_out_trains_each_member_on_one_rank_as_one_process(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_guard.training.vaccinate import vaccinate
+    from tests.training.synthetic import write_gtsrb
+
+    monkeypatch.setenv("EDGEGUARD_CACHE_DIR", str(tmp_path / "cache"))
+    write_gtsrb(tmp_path / "g", n_classes=3, tracks=4, per_track=5)
+    base = train(TrainConfig(data=str(tmp_path / "g"), out_dir=str(tmp_path / "base"),
+                             **{**CONFIG, "epochs": 1}), progress=False)
+    args = ["--base", str(base.best_checkpoint), "--qualities", "40,80", "--epochs", "1", "--threads", "1",
+            "--eval-qualities", "none", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "edge_guard.training", "vaccinate", *args, "--fan-out", "--out",
+                           str(tmp_path / "fan")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("ensemble majority vote") == 1  # rank 0 prints the summary
+    ref = vaccinate(base.best_checkpoint, qualities=(40, 80), epochs=1, num_threads=1, eval_qualities=(),
+                    device="cpu", out_dir=tmp_path / "ref", progress=False)
+    fan = json.loads((tmp_path / "fan" / "metrics.json").read_text())
+    assert fan == ref.metrics  # the members and their votes are the single process's
+    for name in ("q40", "q80", "slq"):  # rank 0 trained q40 and slq, rank 1 q80, each alone
+        a = torch.load(tmp_path / "fan" / name / "best.pt", weights_only=True)["model"]
+        b = torch.load(ref.members[name].best_checkpoint, weights_only=True)["model"]
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], msg=f"{name} {key}")
+        assert (tmp_path / "fan" / name / "train.log").read_text().count("epoch 1/1 ") == 1
+    assert [m["name"] for m in json.loads((tmp_path / "fan" / "ensemble.json").read_text())["members"]] == [
+        "q40", "q80", "slq"]
+    assert list(distributed.shares(["q40", "q80", "slq"])) == ["q40", "q80", "slq"]  # not distributed: all here
+    no_group = CliRunner().invoke(app, ["vaccinate", *args, "--fan-out", "--out", str(tmp_path / "x")])
+    assert no_group.exit_code == 2 and "--distributed" in no_group.output
