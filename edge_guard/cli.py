@@ -683,7 +683,7 @@ def bench(
     distinct: int = typer.Option(4, "--distinct", help="Distinct frames rendered or read, cycled through the run."),
     compare: list[str] = typer.Option(
         [], "--compare", help="Also time this configuration on the same frames, ratio printed; repeatable: fused, "
-                              "members, threads=N, provider=NAME, precision=fp16|int8, bundle=PATH or a bundle folder "
+                              "members, threads=N, provider=NAME, precision=fp16|int8, spin, bundle=PATH or a bundle folder "
                               "(default: members, when the bundle has a fused graph)."),
     providers: str = typer.Option("cpu", "--providers", help="Ordered execution providers, e.g. tensorrt,cuda,cpu."),
     threads: int | None = typer.Option(
