@@ -14,7 +14,7 @@ import sys
 import cv2
 import numpy as np
 
-BUNDLES = ("gtsrb-shield", "gtsrb-shield-r14")
+BUNDLES = ("gtsrb-shield", "gtsrb-shield-r14", "gtsrb-shield-robust")
 FRAME_BOXES = [(0, 0, 64, 64), (30, 20, 94, 84), (100, 50, 160, 120)]
 
 

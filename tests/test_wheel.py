@@ -10,8 +10,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 
 SCRIPT = r"""
@@ -36,8 +34,12 @@ def test_the_wheel_ships_the_default_bundle_and_the_profiles(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         z.extractall(site)
-    assert "edge_guard/bundles/gtsrb-shield-r14/manifest.json" in names
+    for bundle in ("gtsrb-shield-r14", "gtsrb-shield", "gtsrb-shield-robust"):  # the default, compact and robust
+        for part in ("manifest.json", "README.md", "fused.onnx"):
+            assert f"edge_guard/bundles/{bundle}/{part}" in names
     assert "edge_guard/firmware_profiles/raspberry-pi-5.toml" in names
+    for part in ("base.onnx", "model.pt", "demo_attack.npz"):  # the demo's undefended model and shipped attack
+        assert f"edge_guard/bundles/gtsrb-undefended/{part}" in names
     env = {k: v for k, v in os.environ.items() if k != "EDGEGUARD_BUNDLE"}
     env["PYTHONPATH"] = str(site)  # ahead of the editable install: the unpacked wheel is what gets imported
     run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True,

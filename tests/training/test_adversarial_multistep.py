@@ -72,7 +72,7 @@ def test_pgd_raises_the_loss_through_jpeg_and_stays_in_the_budget() -> None:
     noise = np.random.default_rng(1).choice([-8, 8], images.shape)
     noisy = (images.astype(int) + noise).clip(0, 255).astype(np.uint8)
     clean, random = _jpeg_loss(model, images, labels), _jpeg_loss(model, noisy, labels)
-    # seed 0: clean 0.93, random signs 0.93, PGD-1 1.04, PGD-5 1.13
+    # seed 0: clean 0.35, random signs 0.36, PGD-1 1.80, PGD-5 1.78
     for loss in losses.values():
         assert loss > clean + 0.1 and loss - clean > 5 * abs(random - clean), (clean, random, losses)
 
