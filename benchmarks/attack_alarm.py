@@ -224,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
                                        "n_clean": a["n_clean"], "detection": a["detection"], "auc": a["auc"],
                                        "split": "val (track-wise, seed 0)", "command": command}}
             write_manifest(b, m)
+        save(args, command, rows)
+    return 0
+
+
+def save(args: argparse.Namespace, command: str, rows: list[dict[str, Any]]) -> None:
+    """Write the JSON and the text summary of the rows so far (after each bundle)."""
     out = {"command": command, "machine": platform.platform(), "python": sys.version.split()[0],
            "torch": torch.__version__, "rows": rows}
     if args.json:
@@ -240,7 +246,6 @@ def main(argv: list[str] | None = None) -> int:
                              f"{r['alarm']['detection'].get(name)}")
             lines.append(f"  sticker: {json.dumps(r['sticker'])}")
         args.json.with_suffix(".txt").write_text("\n".join(lines) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

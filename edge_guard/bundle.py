@@ -60,11 +60,11 @@ class FusedSpec(Spec, kw_only=True):
 
 class AlarmSpec(Spec, kw_only=True):
     """The attack alarm measured for this bundle (`edge_guard.alarm.choose_alarm`): a region is suspect when
-    fewer than `suspect_below` of the members vote for the winner, or its confidence is below
+    fewer than `suspect_below` of the members vote for the winner (0: never), or its confidence is below
     `confidence_below` (0: off). `measured`: the rates behind the choice (clean false alarms, detection per
     attack, AUC, images, the command). Optional: bundles without it use DEFAULT_SUSPECT_BELOW."""
 
-    suspect_below: Annotated[float, msgspec.Meta(gt=0, le=1, description="a share of members in (0, 1]")]
+    suspect_below: Annotated[float, msgspec.Meta(ge=0, le=1, description="a share of members in [0, 1] (0: off)")]
     confidence_below: Annotated[float, msgspec.Meta(ge=0, le=1, description="a confidence in [0, 1]")] = 0.0
     measured: dict[str, Any] = {}
 

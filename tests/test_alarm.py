@@ -91,4 +91,6 @@ def test_a_bad_alarm_is_refused(tmp_path) -> None:
     with pytest.raises(BundleError):
         _two_against_one(tmp_path, {"suspect_below": 1.5})
     with pytest.raises(BundleError):
+        _two_against_one(tmp_path / "n", {"suspect_below": -0.1})
+    with pytest.raises(BundleError):
         _two_against_one(tmp_path / "u", {"suspect_below": 0.5, "threshold": 0.2})
