@@ -9,8 +9,11 @@ of `fit` (train, vaccinate, warm starts) runs data-parallel without new argument
 
 - `EpochBatches` is the distributed sampler: every rank draws the same permutation of the TRAINING
   indices from (seed, epoch) (`set_epoch`), cuts it into the single-process run's global batches of
-  --batch-size images, and keeps its own contiguous 1/world_size of each. The track-wise train/val split
-  happens before, identically on every rank, so validation tracks never reach a rank's batches.
+  --batch-size images, and keeps its own interleaved 1/world_size of each (images r, r + N, ... of the
+  batch sorted by index): every rank sees every class, so no rank's batch-norm statistics are skewed (a
+  dataset is stored class by class, so contiguous shares would give rank 0 the low class ids). The
+  track-wise train/val split happens before, identically on every rank, so validation tracks never
+  reach a rank's batches.
 - the model is wrapped in DistributedDataParallel, which averages gradients over ranks: with per-rank
   batch = batch / world_size the optimizer sees the same mean gradient as one process on the whole batch,
   and the schedule (steps per epoch) is the same.
@@ -112,8 +115,9 @@ class EpochBatches:
     """The distributed sampler: this rank's indices into the training set for each step of an epoch.
 
     Every rank draws the same permutation of range(n) from (seed, epoch); step s takes the global batch
-    order[s * batch_size:(s + 1) * batch_size] (sorted, the remainder of the epoch dropped) and rank r its
-    r-th contiguous part. Also holds the epoch's random streams: `rng` (vaccination transforms, numpy),
+    order[s * batch_size:(s + 1) * batch_size] (sorted, the remainder of the epoch dropped) and rank r the
+    images r, r + N, ... of it (interleaved, so each rank's share spans the classes as the batch does).
+    Also holds the epoch's random streams: `rng` (vaccination transforms, numpy),
     `augment_seed` (the augmentation generator) and `dropout_seed` (torch's global RNG)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, w: World = World()) -> None:
@@ -137,7 +141,7 @@ class EpochBatches:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for step in range(len(self)):
-            yield np.array_split(self.global_batch(step), self.w.size)[self.w.rank]
+            yield self.global_batch(step)[self.w.rank::self.w.size]
 
 
 def shares(items: Sequence[T], enabled: bool = True) -> Iterator[T]:

@@ -1,10 +1,11 @@
 """Data-parallel training (edge_guard.training.distributed): the sampler, and 2 gloo ranks under torchrun.
 
 The 2-rank run must equal one process that computes what DDP computes: each step's global batch cut in
-two contiguous halves, batch norm over each half (as each rank's BatchNorm sees only its share), the
-mean of the two halves' losses (what averaging the ranks' gradients gives). `Halves` does that in one
-process, so the weights must agree to float rounding. A plain 1-process run differs from both by batch
-norm over the whole batch; its losses are compared within the tolerance docs/scaling.md states.
+two interleaved halves (images 0, 2, 4, ... and 1, 3, 5, ...), batch norm over each half (as each rank's
+BatchNorm sees only its share), the mean of the two halves' losses (what averaging the ranks' gradients
+gives). `Halves` does that in one process, so the weights must agree to float rounding. A plain
+1-process run differs from both by batch norm over the whole batch; its losses are compared within
+the tolerance docs/scaling.md states.
 """
 
 from __future__ import annotations
@@ -72,14 +73,17 @@ distributed.close()
 
 
 class Halves(nn.Module):
-    """Runs `model` on each contiguous half of the batch (batch norm per half), outputs concatenated."""
+    """Runs `model` on each interleaved half of the batch (batch norm per half), outputs in batch order."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model(part) for part in torch.tensor_split(x, 2)])
+        first, second = self.model(x[0::2]), self.model(x[1::2])
+        out = first.new_empty((len(x), first.shape[1]))
+        out[0::2], out[1::2] = first, second
+        return out
 
 
 def _one_process(out: Path, halves: bool) -> dict:
@@ -123,7 +127,9 @@ def test_epoch_batches_cut_each_global_batch_into_rank_shares() -> None:
         for step, whole in enumerate(steps):
             parts = [s[step] for s in shares]
             assert [len(p) for p in parts] == [batch // world] * world
-            np.testing.assert_array_equal(np.concatenate(parts), whole)  # disjoint, contiguous, in rank order
+            for r, part in enumerate(parts):  # interleaved: every rank's share spans the batch
+                np.testing.assert_array_equal(part, whole[r::world])
+            np.testing.assert_array_equal(np.sort(np.concatenate(parts)), whole)  # disjoint, all of it
         seen = np.concatenate(steps)
         assert len(np.unique(seen)) == len(seen) == (n // batch) * batch and seen.max() < n
         orders.append(single.order.copy())
