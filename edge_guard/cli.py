@@ -756,16 +756,20 @@ def demo(
     bundle: str | None = typer.Option(None, "--bundle", help="Bundle directory (default: the shipped bundle)."),
     frames: int = typer.Option(48, "--frames", min=1, help="Frames to render (12 per second of clip)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the rendered scene."),
+    attack: bool = typer.Option(True, "--attack/--no-attack",
+                                help="Then attack the clip's crops on an undefended model and show the ensemble's answer."),
 ) -> None:
-    """Render a dash-cam clip with traffic signs of known classes, read it through the infer path, score it.
+    """Render a dash-cam clip with traffic signs of known classes, read it through the infer path, score it,
+    then show the defense against an attack crafted on an undefended model (live with torch, else shipped crops).
 
-    Nothing is downloaded; about 5 s on 2 CPU cores. Writes demo.avi, boxes.jsonl, results.jsonl and annotated.avi.
+    Nothing is downloaded; about 25 s on 2 CPU cores. Writes demo.avi, boxes.jsonl, results.jsonl, annotated.avi
+    and attack.png.
 
     Example: edgeguard demo --out demo-output
     """
     from edge_guard.demo import run_demo
 
-    _print(run_demo(out, bundle=bundle, frames=frames, seed=seed).lines())
+    _print(run_demo(out, bundle=bundle, frames=frames, seed=seed, attack=attack).lines())
 
 
 @app.command()

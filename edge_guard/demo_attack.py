@@ -24,7 +24,7 @@ import numpy as np
 from edge_guard.bundle import SHIPPED_BUNDLES
 from edge_guard.errors import BundleError, expected_got
 from edge_guard.guard import Guard
-from edge_guard.query_attacks.run import alarm_threshold
+from edge_guard.stream import alarm_thresholds
 
 UNDEFENDED_BUNDLE = "gtsrb-undefended"  # the base model the ensembles were vaccinated from, no defense
 SHIPPED_ATTACK = "demo_attack.npz"  # in the undefended bundle's folder
@@ -78,7 +78,8 @@ class AttackResult:
                    f"{kept} right; of the {int(wrong.sum())} it gets wrong, {int((wrong & d.attacked_suspect).sum())} "
                    f"are flagged suspect")
         if not d.attacked_suspect.any():
-            out.append("  (the flag rises when the members disagree; an attack that moves none of them leaves it down)")
+            out.append("  (the flag rises on split votes or low confidence; an attack that moves no member leaves it"
+                       " down)")
         out.append(f"wrote {self.panel} (rows: clean, attacked, the change x{127 // EPS_LEVELS})")
         return out
 
@@ -122,16 +123,17 @@ def craft_or_load(crops: np.ndarray, labels: np.ndarray) -> AttackSet:
 
 
 def score(guard: Guard, attack: AttackSet, name: str, suspect_below: float | None = None) -> Scored:
-    """Right answers and suspect flags (fewer than `suspect_below` of the members agree; default: the
-    bundle's measured threshold, else DEFAULT_SUSPECT_BELOW) on both sets."""
-    suspect_below = alarm_threshold(guard) if suspect_below is None else suspect_below
+    """Right answers and suspect flags on both sets, flagged as `infer` flags them (`stream.alarm_thresholds`:
+    fewer than `suspect_below` of the members agree, else the bundle's measured alarm)."""
+    below, confidence_below = alarm_thresholds(guard, suspect_below)
     members = len(guard.bundle.members)
     out = []
     for crops in (attack.clean, attack.adversarial):
         preds = guard.classify(crops)
         out.append(np.array([p.class_id == y for p, y in zip(preds, attack.labels)], bool))
         agreement = np.array([p.votes.count(p.class_id) / members for p in preds])
-        out.append((agreement < suspect_below) & (members > 1))
+        confidence = np.array([p.confidence for p in preds])
+        out.append(((agreement < below) | (confidence < confidence_below)) & (members > 1))
     clean_right, clean_suspect, attacked_right, attacked_suspect = out
     return Scored(name, members, clean_right, attacked_right, clean_suspect, attacked_suspect)
 

@@ -39,3 +39,10 @@ def test_demo_reads_the_clip_through_infer_and_scores_it(tmp_path):
     clean, attacked = map(int, re.search(r"undefended \(gtsrb-undefended\)\s+(\d+) / \d+\s+(\d+) / ",
                                          result.output).groups())
     assert attacked < clean
+
+
+def test_no_attack_skips_the_second_half(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--frames", "4", "--no-attack"])
+    assert result.exit_code == 0, result.output
+    assert "rendered 4 frames" in result.output and "attack:" not in result.output
+    assert not (tmp_path / "attack.png").exists()

@@ -68,6 +68,7 @@ def test_a_corrupt_shipped_file_is_named_with_what_was_expected(tmp_path):
 class _Pred:
     class_id: int
     votes: tuple[int, ...]
+    confidence: float = 1.0
 
 
 class _Guard:

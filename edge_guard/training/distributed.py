@@ -30,6 +30,7 @@ draws, by batch-norm statistics over batch / N images instead of batch, and by f
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import datetime
 import os
@@ -95,12 +96,14 @@ def init_from_env(device: str = "auto") -> World:
                                            "start at most one rank per GPU (--nproc_per_node)."))
         torch.cuda.set_device(local)  # "cuda" / "auto" now mean this rank's GPU
     dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    atexit.register(close)  # leave together at exit: a rank whose peer already left aborts in gloo's threads
     return world()
 
 
 def close() -> None:
-    """Leave the process group (a no-op when there is none)."""
+    """Wait for every rank, then leave the process group (a no-op when there is none)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
