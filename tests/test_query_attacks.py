@@ -126,3 +126,16 @@ def test_cli_attack(guard, tmp_path) -> None:
     assert len(list(out.glob("*.png"))) == 3 and (out / "results.json").is_file()
     bad = CliRunner().invoke(app, ["attack", "--bundle", str(guard.bundle.root), "--images", str(tmp_path / "none")])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_flagged_rate_uses_both_alarm_thresholds_on_the_fooled_images_only():
+    from edge_guard.query_attacks import QueryAttackResult
+
+    fooled = np.array([True, True, True, False])
+    agreement = np.array([0.5, 1.0, 1.0, 0.25])  # the first fooled image splits the members
+    confidence = np.array([0.9, 0.1, 0.9, 0.05])  # the second is unsure; the fourth is not fooled
+    z = np.zeros(4)
+    result = QueryAttackResult("square", 8 / 255, 10, np.zeros((4, 2, 2, 3), np.uint8), z, np.ones(4, bool), fooled,
+                               z, agreement, confidence, suspect_below=0.6, confidence_below=0.2)
+    assert result.flagged_rate == pytest.approx(2 / 3)
+    assert result.to_dict()["confidence_below"] == 0.2

@@ -65,9 +65,9 @@ class Oracle:
         """(N,) int64: the bundle's decision (vote rule of the manifest), nothing else."""
         return vote(self._member_probs(images), self.guard.bundle.vote)[0].astype(np.int64)
 
-    def decide(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(labels (N,), agreement (N,)): the decision and the share of members voting for it (the suspect
-        flag's input). Counts as one query per image, like `labels`."""
+    def decide(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels (N,), agreement (N,), confidence (N,)): the decision, the share of members voting for it
+        and the vote's confidence (the suspect flag's inputs). Counts as one query per image, like `labels`."""
         probs = self._member_probs(images)
-        ids, _, votes = vote(probs, self.guard.bundle.vote)
-        return ids.astype(np.int64), (votes == ids[:, None]).mean(axis=1)
+        ids, confidence, votes = vote(probs, self.guard.bundle.vote)
+        return ids.astype(np.int64), (votes == ids[:, None]).mean(axis=1), confidence.astype(np.float32)

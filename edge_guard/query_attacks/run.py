@@ -16,6 +16,7 @@ from edge_guard.query_attacks.hopskipjump import hopskipjump
 from edge_guard.query_attacks.oracle import Oracle
 from edge_guard.query_attacks.square import square_attack
 from edge_guard.spec import DEFAULT_SUSPECT_BELOW
+from edge_guard.stream import alarm_thresholds
 
 QUERY_ATTACKS = ("square", "hopskipjump")
 
@@ -27,7 +28,8 @@ class QueryAttackResult:
     adv: uint8 (N, H, W, 3) adversarial images (the clean image where the attack failed or did not run);
     correct: the bundle was right on the clean image; fooled: wrong on adv, found within eps and the
     budget; queries: per image, spent until fooled (else the whole budget; 0 when not attacked);
-    agreement: the share of members voting for the decision on adv (the suspect flag's input).
+    agreement, confidence: the share of members voting for the decision on adv and the vote's confidence (the
+    suspect flag's inputs); suspect_below / confidence_below: the flag's thresholds (`stream.alarm_thresholds`).
     """
 
     attack: str
@@ -39,7 +41,9 @@ class QueryAttackResult:
     fooled: np.ndarray = field(repr=False)
     queries: np.ndarray = field(repr=False)
     agreement: np.ndarray = field(repr=False)
+    confidence: np.ndarray = field(repr=False)
     suspect_below: float = DEFAULT_SUSPECT_BELOW
+    confidence_below: float = 0.0
     seconds: float = 0.0
 
     @property
@@ -59,8 +63,9 @@ class QueryAttackResult:
 
     @property
     def flagged_rate(self) -> float:
-        """Share of the fooled images the suspect flag would raise (agreement below suspect_below)."""
-        return float((self.agreement[self.fooled] < self.suspect_below).mean()) if self.fooled.any() else math.nan
+        """Share of the fooled images the suspect flag raises (agreement or confidence below its threshold)."""
+        flagged = (self.agreement < self.suspect_below) | (self.confidence < self.confidence_below)
+        return float(flagged[self.fooled].mean()) if self.fooled.any() else math.nan
 
     def to_dict(self) -> dict[str, Any]:
         nan = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
@@ -69,7 +74,8 @@ class QueryAttackResult:
                 "success_rate": nan(self.success_rate), "median_queries": nan(self.median_queries),
                 "mean_queries_attacked": nan(float(self.queries[self.correct].mean()) if self.correct.any()
                                              else math.nan),
-                "suspect_below": self.suspect_below, "flagged_rate": nan(self.flagged_rate),
+                "suspect_below": self.suspect_below,
+                "confidence_below": self.confidence_below, "flagged_rate": nan(self.flagged_rate),
                 "seconds": round(self.seconds, 2)}
 
     def lines(self) -> list[str]:
@@ -118,17 +124,11 @@ def query_attack(guard: Guard, images: np.ndarray, labels: np.ndarray | None = N
         run = fn(oracle, x8[idx] / 255.0, y[idx], eps=eps, queries=queries, seed=seed, **options)
         adv[idx] = np.clip(np.rint(run.adv * 255), 0, 255).astype(np.uint8)
         fooled[idx], used[idx] = run.fooled, run.queries
-    final, agreement = oracle.decide(adv / 255.0)  # what the device answers on the images handed back
+    final, agreement, confidence = oracle.decide(adv / 255.0)  # what the device answers on the images handed back
     fooled &= final != y  # a random (SLQ) member may answer differently on a fresh draw: count what it says now
-    threshold = suspect_below if suspect_below is not None else alarm_threshold(guard)
-    return QueryAttackResult(attack, float(eps), queries, adv, y, correct, fooled, used, agreement, threshold,
-                             time.perf_counter() - t0)
-
-
-def alarm_threshold(guard: Guard) -> float:
-    """The bundle's measured suspect threshold when its manifest has one, else DEFAULT_SUSPECT_BELOW."""
-    alarm = getattr(guard.bundle.manifest, "alarm", None)
-    return float(alarm.suspect_below) if alarm is not None else DEFAULT_SUSPECT_BELOW
+    below, confidence_below = alarm_thresholds(guard, suspect_below)
+    return QueryAttackResult(attack, float(eps), queries, adv, y, correct, fooled, used, agreement, confidence,
+                             below, confidence_below, time.perf_counter() - t0)
 
 
 def save_images(folder: str | Path, result: QueryAttackResult, names: list[str]) -> None:
