@@ -762,7 +762,7 @@ def demo(
     """Render a dash-cam clip with traffic signs of known classes, read it through the infer path, score it,
     then show the defense against an attack crafted on an undefended model (live with torch, else shipped crops).
 
-    Nothing is downloaded; about 25 s on 2 CPU cores. Writes demo.avi, boxes.jsonl, results.jsonl, annotated.avi
+    Nothing is downloaded; about 5 s on 2 idle CPU cores. Writes demo.avi, boxes.jsonl, results.jsonl, annotated.avi
     and attack.png.
 
     Example: edgeguard demo --out demo-output
