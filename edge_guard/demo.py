@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_guard.bundle import default_bundle_path
+from edge_guard.bundle import default_bundle_path, load_bundle
 from edge_guard.demo_attack import AttackResult, run_attack_demo
 from edge_guard.guard import Guard, resize
 from edge_guard.infer import InferOptions, InferSummary, run_infer
@@ -223,8 +223,8 @@ def run_demo(folder: str | Path = "demo-output", *, bundle: str | None = None, f
                                      annotate=str(folder / "annotated.avi"), status=False))
     per_class: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     suspect = 0
-    guard = Guard.from_bundle(bundle or default_bundle_path(), threads=threads, seed=seed)
-    names = guard.classes
+    path = bundle or default_bundle_path()
+    names = load_bundle(path, verify=False).classes
     for line in (folder / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
         drawn = truth[record["frame"]]
@@ -234,7 +234,8 @@ def run_demo(folder: str | Path = "demo-output", *, bundle: str | None = None, f
             entry[1] += 1
             suspect += region["suspect"]
     attacked = None
-    if attack:
+    if attack:  # the same bundle again, as a Guard of its own (run_infer's stays inside the infer path)
+        guard = Guard.from_bundle(path, threads=threads, seed=seed)
         crops, labels = clip_crops(video, truth, size=(guard.bundle.input.height, guard.bundle.input.width))
         attacked = run_attack_demo(folder, crops, labels, guard, threads=threads)
     return DemoResult(folder, summary, {k: (v[0], v[1]) for k, v in per_class.items()}, suspect, attacked)

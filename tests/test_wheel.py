@@ -38,7 +38,7 @@ def test_the_wheel_ships_the_default_bundle_and_the_profiles(tmp_path):
         for part in ("manifest.json", "README.md", "fused.onnx"):
             assert f"edge_guard/bundles/{bundle}/{part}" in names
     assert "edge_guard/firmware_profiles/raspberry-pi-5.toml" in names
-    for part in ("base.onnx", "model.pt", "demo_attack.npz"):  # the demo's undefended model and shipped attack
+    for part in ("base.onnx", "demo_attack.npz"):  # the demo's undefended model and shipped attack
         assert f"edge_guard/bundles/gtsrb-undefended/{part}" in names
     env = {k: v for k, v in os.environ.items() if k != "EDGEGUARD_BUNDLE"}
     env["PYTHONPATH"] = str(site)  # ahead of the editable install: the unpacked wheel is what gets imported

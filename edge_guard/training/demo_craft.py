@@ -18,20 +18,20 @@ import torch
 from edge_guard.bundle import SHIPPED_BUNDLES
 from edge_guard.demo_attack import EPS_LEVELS, UNDEFENDED_BUNDLE
 from edge_guard.training.attacks import PGD
-from edge_guard.training.checkpoint import load_checkpoint
+from edge_guard.training.bundle_torch import bundle_target
 
-CHECKPOINT = "model.pt"  # the undefended bundle's PyTorch weights, beside its ONNX graph
 STEPS, ALPHA_LEVELS = 10, 2  # PGD iterations and step size (grey levels): Madry et al.'s CIFAR budget
 
 
-def craft_on_undefended(crops: np.ndarray, labels: np.ndarray, checkpoint: str | Path | None = None
+def craft_on_undefended(crops: np.ndarray, labels: np.ndarray, bundle: str | Path | None = None
                         ) -> tuple[np.ndarray, str]:
     """PGD (no random start, so repeatable) on N x H x W x 3 uint8 crops; returns uint8 crops and a description.
 
-    The result is rounded to 8-bit pixels and stays within EPS_LEVELS grey levels of the input, as an
-    attacker who must hand the camera pipeline a real image would.
+    The attacked model is the undefended bundle's own ONNX graph run in torch (`bundle_target`). The result
+    is rounded to 8-bit pixels and stays within EPS_LEVELS grey levels of the input, as an attacker who
+    must hand the camera pipeline a real image would.
     """
-    model, _ = load_checkpoint(checkpoint or SHIPPED_BUNDLES / UNDEFENDED_BUNDLE / CHECKPOINT)
+    model = bundle_target(bundle or SHIPPED_BUNDLES / UNDEFENDED_BUNDLE)
     images = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255
     attack = PGD(model, eps=EPS_LEVELS / 255, alpha=ALPHA_LEVELS / 255, steps=STEPS, random_start=False)
     with torch.inference_mode(False):
