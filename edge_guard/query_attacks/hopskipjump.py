@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_guard.errors import InputError, expected_got
-from edge_guard.query_attacks.oracle import Oracle
+from edge_guard.query_attacks.oracle import Oracle, attack_inputs
 from edge_guard.query_attacks.square import AttackRun
 
 QUANTUM = 1 / 255  # the device's pixel step
@@ -131,11 +130,7 @@ def hopskipjump(oracle: Oracle, images: np.ndarray, labels: np.ndarray, *, eps: 
     the queries it took to get there. Returns an `AttackRun` whose adv is the closest adversarial point
     found (the clean image where none was).
     """
-    x = np.asarray(images, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if x.ndim != 4 or len(y) != len(x) or not 0 < eps <= 1 or queries < 1:
-        raise InputError(expected_got("hopskipjump inputs", "images (N, H, W, 3), labels (N,), 0 < eps <= 1, "
-                                      "queries >= 1", f"{x.shape}, {y.shape}, eps {eps}, queries {queries}"))
+    x, y = attack_inputs("hopskipjump", images, labels, eps, queries, dtype=np.float64)
     rng = np.random.default_rng(seed)
     adv, fooled, used = x.copy(), np.zeros(len(x), bool), np.zeros(len(x), np.int64)
     for i in range(len(x)):

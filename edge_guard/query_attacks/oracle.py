@@ -17,6 +17,17 @@ from edge_guard.guard import Guard
 MAX_BATCH = 1024  # images per engine call (Guard.classify allows 4096 crops; keeps memory bounded)
 
 
+def attack_inputs(attack: str, images: np.ndarray, labels: np.ndarray, eps: float, queries: int,
+                  dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """An attack's (images as `dtype`, labels as int64), or InputError naming `attack` and what was expected."""
+    x = np.asarray(images, dtype=dtype)
+    y = np.asarray(labels, dtype=np.int64)
+    if x.ndim != 4 or len(y) != len(x) or not 0 < eps <= 1 or queries < 1:
+        raise InputError(expected_got(f"{attack} inputs", "images (N, H, W, 3), labels (N,), 0 < eps <= 1, "
+                                      "queries >= 1", f"{x.shape}, {y.shape}, eps {eps}, queries {queries}"))
+    return x, y
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """float (N, H, W, 3) in [0, 1] -> uint8 on the nearest 8-bit level."""
     return np.clip(np.rint(np.asarray(images, dtype=np.float64) * 255), 0, 255).astype(np.uint8)

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_guard.errors import InputError, expected_got
-from edge_guard.query_attacks.oracle import Oracle
+from edge_guard.query_attacks.oracle import Oracle, attack_inputs
 
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # iterations of a 10,000-iteration run
 
@@ -55,11 +54,7 @@ def square_attack(oracle: Oracle, images: np.ndarray, labels: np.ndarray, *, eps
     squares cover; 0.8 is AutoAttack's setting for 32x32 images (the paper's ImageNet runs use 0.05, which
     on 32x32 GTSRB fools an undefended model half as often in 300 queries). Returns an `AttackRun`.
     """
-    x = np.asarray(images, dtype=np.float32)
-    y = np.asarray(labels, dtype=np.int64)
-    if x.ndim != 4 or len(y) != len(x) or not 0 < eps <= 1 or queries < 1:
-        raise InputError(expected_got("square_attack inputs", "images (N, H, W, 3), labels (N,), 0 < eps <= 1, "
-                                      "queries >= 1", f"{x.shape}, {y.shape}, eps {eps}, queries {queries}"))
+    x, y = attack_inputs("square_attack", images, labels, eps, queries)
     rng = np.random.default_rng(seed)
     n, h, w, c = x.shape
     # vertical stripes: one +-eps per column and channel (the paper's initialisation)
