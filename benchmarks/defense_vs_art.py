@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 
 from edge_guard import codec_batch, jpeg
 from edge_guard.defense import member_inputs
-from edge_guard.hardware import machine_info
+from edge_guard.hardware import interleaved, machine_info
 from edge_guard.scenes import sign_crops
 from edge_guard.spec import CodecSpec, DefenseSpec, member_spec
 
@@ -68,19 +67,6 @@ def bare_turbo(quality: int) -> Callable[[np.ndarray], np.ndarray]:
 def bare_opencv(quality: int) -> Callable[[np.ndarray], np.ndarray]:
     params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420]
     return lambda x: np.stack([cv2.imdecode(cv2.imencode(".jpg", im, params)[1], cv2.IMREAD_COLOR) for im in x])
-
-
-def interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds per call of each contender, called round-robin `rounds` times after one warm-up each."""
-    for fn in contenders.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main() -> None:

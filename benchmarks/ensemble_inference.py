@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_guard.bundle import default_bundle_path, load_bundle
-from edge_guard.hardware import graph_macs, machine_info, matmul_peak
+from edge_guard.hardware import graph_macs, interleaved, machine_info, matmul_peak
 
 
 def session(model: str | bytes, threads: int, parallel: bool = False) -> ort.InferenceSession:
@@ -97,19 +96,6 @@ def contenders(x: np.ndarray, members: list, fused: ort.InferenceSession | None,
     return c
 
 
-def interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    for fn in contenders.values():
-        fn()
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t0) * 1000.0)
-    return {k: float(np.median(v)) for k, v in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", default=None)
@@ -150,7 +136,7 @@ def main() -> None:
                 note_n = f"; grouped vs members max |logit diff| {diff:.1e}"
             else:
                 note_n = ""
-            t = interleaved(c, args.rounds)
+            t = {k: s * 1000.0 for k, s in interleaved(c, args.rounds, warmup=2).items()}  # ms
             floor = 2 * macs * n / (peak * 1e9) * 1000
             lines.append(f"threads {threads}, batch {n}: arithmetic at the matmul peak ({peak:.0f} GFLOP/s) "
                          f"{floor:.2f} ms{note_n}")

@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,21 @@ def matmul_peak(n: int = 1024, repeats: int = 9, threads: int | None = None) -> 
         a @ b
         best = min(best, time.perf_counter() - t0)
     return {"gflops": 2 * n**3 / best / 1e9, "n": n, "threads": "all (BLAS default)"}
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each contender, called round-robin `rounds` times after `warmup` calls each:
+    on a noisy machine the load then hits every contender alike, so their ratios hold."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def _dims(value_info: Any) -> list[int]:
