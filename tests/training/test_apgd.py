@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edge_guard.errors import InputError
 from edge_guard.training.attacks import APGD, APGDCE, APGDDLR, PGD, create_attack, dlr_loss, predict
 from edge_guard.training.attacks.apgd import checkpoints
-from tests.training.test_attacks import synthetic, tiny_net
+from tests.training.test_attacks import synthetic, trained_tiny_net
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
-    torch.manual_seed(0)
-    net = tiny_net()
-    x, y = synthetic(256, seed=0)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
+    return trained_tiny_net()
 
 
 @pytest.fixture(scope="module")

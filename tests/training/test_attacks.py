@@ -53,8 +53,8 @@ def tiny_net() -> nn.Module:
     )
 
 
-@pytest.fixture(scope="module")
-def model() -> nn.Module:
+def trained_tiny_net() -> nn.Module:
+    """tiny_net fitted on 256 synthetic images (seeded; 60 Adam steps), in eval mode."""
     torch.manual_seed(0)
     net = tiny_net()
     x, y = synthetic(256, seed=0)
@@ -64,7 +64,12 @@ def model() -> nn.Module:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    net.eval()
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    net = trained_tiny_net()
     for p in net.parameters():
         p.grad = None
     return net
