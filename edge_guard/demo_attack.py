@@ -24,9 +24,9 @@ import numpy as np
 from edge_guard.bundle import SHIPPED_BUNDLES
 from edge_guard.errors import BundleError, expected_got
 from edge_guard.guard import Guard
-from edge_guard.stream import alarm_thresholds
+from edge_guard.stream import alarm_thresholds, is_suspect
 
-UNDEFENDED_BUNDLE = "gtsrb-undefended"  # the base model the ensembles were vaccinated from, no defense
+UNDEFENDED_BUNDLE = "gtsrb-undefended"  # a clean-trained model of the same task, no defense (see its README)
 SHIPPED_ATTACK = "demo_attack.npz"  # in the undefended bundle's folder
 EPS_LEVELS = 8  # the attack budget in 8-bit grey levels (8/255 in [0, 1] units)
 
@@ -84,8 +84,11 @@ class AttackResult:
         return out
 
 
-def _check_crops(name: str, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if value.dtype != np.uint8 or value.shape != shape:
+def _check_crops(name: str, value: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
+    """uint8 N x H x W x 3 crops (of `like`'s shape when given), else BundleError."""
+    ok = value.shape == like.shape if like is not None else value.ndim == 4 and value.shape[-1] == 3
+    if value.dtype != np.uint8 or not ok:
+        shape = like.shape if like is not None else value.shape if ok else "(N, H, W, 3)"
         raise BundleError(expected_got(f"{SHIPPED_ATTACK} array {name!r}", f"uint8 {shape}",
                                        f"{value.dtype} {value.shape}", "Regenerate it with the command in the "
                                        f"{UNDEFENDED_BUNDLE} README."))
@@ -103,8 +106,8 @@ def load_shipped(path: str | Path | None = None) -> AttackSet:
                                        f"{exc.__class__.__name__}: {exc}",
                                        "Reinstall edge-guard, or install the training extra to craft them live.")
                           ) from None
-    clean = _check_crops("clean", clean, clean.shape if clean.ndim == 4 and clean.shape[-1] == 3 else (-1, 0, 0, 3))
-    adversarial = _check_crops("adversarial", adversarial, clean.shape)
+    clean = _check_crops("clean", clean)
+    adversarial = _check_crops("adversarial", adversarial, like=clean)
     labels = labels.astype(np.int64)
     if labels.shape != clean.shape[:1]:
         raise BundleError(expected_got(f"{SHIPPED_ATTACK} labels", f"{clean.shape[0]} class ids", labels.shape))
@@ -133,7 +136,7 @@ def score(guard: Guard, attack: AttackSet, name: str, suspect_below: float | Non
         out.append(np.array([p.class_id == y for p, y in zip(preds, attack.labels)], bool))
         agreement = np.array([p.votes.count(p.class_id) / members for p in preds])
         confidence = np.array([p.confidence for p in preds])
-        out.append(((agreement < below) | (confidence < confidence_below)) & (members > 1))
+        out.append(is_suspect(agreement, confidence, below, confidence_below) & (members > 1))
     clean_right, clean_suspect, attacked_right, attacked_suspect = out
     return Scored(name, members, clean_right, attacked_right, clean_suspect, attacked_suspect)
 

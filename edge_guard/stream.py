@@ -205,6 +205,12 @@ def alarm_thresholds(guard: Guard, suspect_below: float | None = None) -> tuple[
         else (DEFAULT_SUSPECT_BELOW, 0.0)
 
 
+def is_suspect(agreement: Any, confidence: Any, below: float, confidence_below: float) -> Any:
+    """The suspect flag (a bool, or a bool array for arrays): fewer than `below` of the members vote for the
+    winner, or its confidence is under `confidence_below` (the thresholds of `alarm_thresholds`)."""
+    return (agreement < below) | (confidence < confidence_below)
+
+
 def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confidence: float = 0.0,
                    suspect_below: float | None = None, dct_scaling: bool = True,
                    backend: str = "auto", keep_image: bool = False, max_pixels: int = MAX_PIXELS,
@@ -230,7 +236,7 @@ def classify_frame(guard: Guard, frame: Frame, regions: Regions, *, min_confiden
         full = (min(x1, full_w), min(y1, full_h), min(x2, full_w), min(y2, full_h))
         out.append(RegionResult(full, p.class_id if known else None, p.class_name if known else None,  # type: ignore[arg-type]
                                 p.confidence, p.votes, agreement,
-                                agreement < below or p.confidence < conf_below, score))
+                                bool(is_suspect(agreement, p.confidence, below, conf_below)), score))
     stages = preds[0].timings_ms if preds else {}
     timings = {"decode": (t1 - t0) * 1000.0, "crop": stages.get("preprocess", 0.0),
                "defense": stages.get("defense", 0.0), "inference": stages.get("inference", 0.0),

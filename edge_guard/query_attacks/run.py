@@ -16,7 +16,7 @@ from edge_guard.query_attacks.hopskipjump import hopskipjump
 from edge_guard.query_attacks.oracle import Oracle
 from edge_guard.query_attacks.square import square_attack
 from edge_guard.spec import DEFAULT_SUSPECT_BELOW
-from edge_guard.stream import alarm_thresholds
+from edge_guard.stream import alarm_thresholds, is_suspect
 
 QUERY_ATTACKS = ("square", "hopskipjump")
 
@@ -64,7 +64,7 @@ class QueryAttackResult:
     @property
     def flagged_rate(self) -> float:
         """Share of the fooled images the suspect flag raises (agreement or confidence below its threshold)."""
-        flagged = (self.agreement < self.suspect_below) | (self.confidence < self.confidence_below)
+        flagged = is_suspect(self.agreement, self.confidence, self.suspect_below, self.confidence_below)
         return float(flagged[self.fooled].mean()) if self.fooled.any() else math.nan
 
     def to_dict(self) -> dict[str, Any]:
