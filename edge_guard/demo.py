@@ -28,6 +28,7 @@ import numpy as np
 
 from edge_guard.bundle import default_bundle_path, load_bundle
 from edge_guard.demo_attack import AttackResult, run_attack_demo
+from edge_guard.errors import ConfigError, expected_got
 from edge_guard.guard import Guard, resize
 from edge_guard.infer import InferOptions, InferSummary, run_infer
 from edge_guard.sources import open_source
@@ -216,7 +217,11 @@ def run_demo(folder: str | Path = "demo-output", *, bundle: str | None = None, f
              threads: int | None = 1, seed: int = 0, attack: bool = True) -> DemoResult:
     """Render the clip into `folder`, classify it through the infer path, score it (see the module docstring)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission, a read-only disk
+        raise ConfigError(expected_got("--out", "a folder the demo can create or write into",
+                                       f"{folder} ({exc.strerror})", "Pass another folder.")) from None
     video, boxes, truth = render_clip(folder, frames=frames, seed=seed)
     summary = run_infer(InferOptions(sources=(str(video),), bundle=bundle, threads=threads, seed=seed,
                                      boxes=str(boxes), output=str(folder / "results.jsonl"),

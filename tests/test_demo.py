@@ -46,3 +46,11 @@ def test_no_attack_skips_the_second_half(tmp_path):
     assert result.exit_code == 0, result.output
     assert "rendered 4 frames" in result.output and "attack:" not in result.output
     assert not (tmp_path / "attack.png").exists()
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line_and_exit_2(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = CliRunner().invoke(app, ["demo", "--out", str(blocker / "demo"), "--frames", "2"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0 and "--out" in result.output and "a-file" in result.output
