@@ -76,7 +76,8 @@ def _root(
 
 
 def friendly_errors(fn: F) -> F:
-    """Turn an EdgeGuardError into one clear line on stderr and exit code 2 (no traceback)."""
+    """Turn an EdgeGuardError into one clear line on stderr and exit code 2, an interrupt into one line and exit
+    code 130 (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -85,6 +86,10 @@ def friendly_errors(fn: F) -> F:
         except EdgeGuardError as exc:
             typer.echo(f"error: {printable(str(exc))}", err=True)
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM in a stream): one line, the shell's 128 + SIGINT
+            typer.echo("interrupted: stopped before the command finished; files it was writing may be incomplete",
+                       err=True)
+            raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -226,6 +226,8 @@ def run_demo(folder: str | Path = "demo-output", *, bundle: str | None = None, f
     summary = run_infer(InferOptions(sources=(str(video),), bundle=bundle, threads=threads, seed=seed,
                                      boxes=str(boxes), output=str(folder / "results.jsonl"),
                                      annotate=str(folder / "annotated.avi"), status=False))
+    if summary.interrupted:  # infer stops cleanly on Ctrl-C; the demo must not go on to score half a clip
+        raise KeyboardInterrupt
     per_class: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     suspect = 0
     path = bundle or default_bundle_path()

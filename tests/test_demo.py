@@ -54,3 +54,18 @@ def test_an_out_folder_that_cannot_be_made_is_one_line_and_exit_2(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(blocker / "demo"), "--frames", "2"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip().count("\n") == 0 and "--out" in result.output and "a-file" in result.output
+
+
+def test_ctrl_c_during_the_read_stops_the_demo_with_one_line_and_exit_130(tmp_path, monkeypatch):
+    import edge_guard.demo as demo
+    from edge_guard.infer import InferSummary
+    from edge_guard.stream import StreamStats
+
+    def interrupted_infer(options):  # what run_infer returns when SIGINT arrives mid-clip
+        return InferSummary("b", "CPUExecutionProvider", StreamStats(), {}, None, 0, interrupted="SIGINT")
+
+    monkeypatch.setattr(demo, "run_infer", interrupted_infer)
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--frames", "4"])
+    assert result.exit_code == 130
+    assert result.output.strip().startswith("interrupted:") and "Traceback" not in result.output
+    assert not (tmp_path / "attack.png").exists()  # the attack half did not run on a half-read clip
