@@ -37,6 +37,7 @@ from edge_guard.training.attacks import FGSM, PGD
 from edge_guard.training.evaluate import EvalConfig, System, build_system, on_device
 from edge_guard.training.provenance import versions
 from edge_guard.training.run import Run
+from edge_guard.training.worstcase import robust_mask
 
 ENSEMBLE = System("ensemble", "vaccinated ensemble", "ensemble")
 ATTACKS = ("fgsm", "pgd-identity", "pgd-diffjpeg")
@@ -64,7 +65,7 @@ def measure(path: str, data: str, n: int, eps_levels: list[int], batch: int, see
     row["clean_all_val"] = metrics["ensemble"]["per_member"]
     row["val_images"] = metrics["val_images"]
     for eps in eps_levels:
-        robust, per_attack, seconds = clean_ok.clone(), {}, {}
+        survived, per_attack, seconds = [], {}, {}
         for name in ATTACKS:
             backward = "diffjpeg" if name == "pgd-diffjpeg" else "identity"
             target = build_system(ENSEMBLE, run, EvalConfig(bpda_backward=backward), seed, attack=True)
@@ -74,8 +75,9 @@ def measure(path: str, data: str, n: int, eps_levels: list[int], batch: int, see
             seconds[name] = round(time.perf_counter() - t0, 1)
             ok = torch.cat([deployed.predict(adv[i:i + batch]) for i in range(0, len(y), batch)]) == y
             per_attack[name] = float(ok.float().mean())
-            robust &= ok
-        row["eps"][str(eps)] = {"worst_case": float(robust.float().mean()), "per_attack": per_attack,
+            survived.append(ok.numpy())
+        robust = robust_mask(clean_ok.numpy(), survived)
+        row["eps"][str(eps)] = {"worst_case": float(robust.mean()), "per_attack": per_attack,
                                 "attack_seconds": seconds}
         print(f"  {path} eps {eps}/255: worst case {100 * row['eps'][str(eps)]['worst_case']:.1f}% "
               + ", ".join(f"{a} {100 * v:.1f}%" for a, v in per_attack.items()), flush=True)
